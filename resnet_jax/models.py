@@ -202,5 +202,5 @@ class ResNet(nn.Module):
     x = jnp.mean(x, axis=(1, 2))
     logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32,
                       name='head')(x)
-    self.sow('intermediates', 'head', logits)
+    self.sow('intermediates', 'logits', logits)
     return logits.astype(jnp.float32)
