@@ -1,0 +1,39 @@
+"""ResNet on CIFAR-10, the recipe of He et al. 2015 (arXiv:1512.03385, Sec. 4.2).
+
+Command:   python launch.py --config=configs/resnet_cifar.py --workdir=runs/resnet20
+           depth and shortcut: --config.model.depth=56 --config.model.shortcut=B
+           the plain twin:     --config.model.shortcut=none
+Variants:  :quick  ResNet-20, 2 epochs on 10,000 training images, full test split (CPU).
+Recipe:    SGD momentum 0.9, weight decay 1e-4, batch 128, lr 0.1 divided by 10 at 32k and
+           48k iterations, 64k iterations; 4-pixel pad, 32x32 crop, flip; option A shortcuts.
+           (The paper trains on 45k images and validates on 5k; this trains on all 50k.)
+Expected:  test error (paper Table 6): ResNet-20 8.75%, 32 7.51%, 44 7.17%, 56 6.97%,
+           110 6.43%, 1202 7.93%. :quick reaches about 45-55% accuracy.
+Time:      :quick about 2-3 min on a 2-core CPU; see README for measured GPU figures.
+"""
+
+from resnet_jax import config as config_lib
+from resnet_jax import presets
+
+
+def get_config(arg=None):
+  variants = config_lib.variants(arg, ('quick',))
+  config = config_lib.default_config()
+  config.model = presets.preset('resnet20')
+  config.batch_size = 128
+  config.learning_rate = 0.1
+  config.momentum = 0.9
+  config.nesterov = False
+  config.weight_decay = 1e-4
+  config.num_train_steps = 64_000
+  config.lr_boundaries_steps = (32_000, 48_000)
+  config.lr_decay_factor = 0.1
+  if 'quick' in variants:
+    config.dataset.max_train_examples = 10_000
+    config.num_train_steps = -1
+    config.num_epochs = 2
+    config.lr_schedule = 'cosine'
+    config.lr_boundaries_steps = ()
+    config.log_every_steps = 20
+    config.checkpoint_every_steps = 100
+  return config

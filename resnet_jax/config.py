@@ -1,0 +1,117 @@
+"""Every config key with its default, and the one early check of a whole config.
+
+Config files in configs/ and experiments/ start from `default_config()` and change what
+their recipe needs. Key names follow the Flax examples where those exist.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from resnet_jax import presets
+from resnet_jax.presets import ConfigError
+
+LR_SCHEDULES = ('step', 'cosine', 'constant')
+OPTIMIZERS = ('sgd',)
+FINETUNE_MODES = ('full', 'linear_probe', 'frozen_bn')
+
+
+def default_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.model = presets.default_model_config()
+
+  config.dataset = ml_collections.ConfigDict(dict(
+      name='cifar10',  # cifar10 | cifar100 | svhn_cropped | imagenet2012 | synthetic | folder
+      path='',  # '' fetches through tfds; else a local archive, folder or tfds data_dir
+      max_train_examples=-1,  # -1 = the whole train split
+      image_size=32,
+      num_classes=-1,  # -1 = from the dataset
+      cache_dir='',  # '' = $RESNET_JAX_CACHE or ~/.cache/resnet_jax
+  ))
+  # He et al. 2015 CIFAR augmentation, applied on the device inside the train step.
+  config.augment = ml_collections.ConfigDict(dict(
+      crop_padding=4,  # zero-pad then random crop back to image_size; 0 = off
+      flip=True,  # random horizontal flip
+      cutout=0,  # side of a cutout square (DeVries & Taylor 2017); 0 = off
+  ))
+
+  config.batch_size = 128  # global, split over all devices of all hosts
+  config.eval_batch_size = 1000  # global
+  config.num_epochs = 200
+  config.num_train_steps = -1  # -1 = use num_epochs
+  config.optimizer = 'sgd'
+  config.learning_rate = 0.1
+  config.lr_schedule = 'step'  # step | cosine | constant
+  config.lr_boundaries_epochs = (60, 120, 160)
+  config.lr_boundaries_steps = ()  # when set, replaces lr_boundaries_epochs (He et al. count iterations)
+  config.lr_decay_factor = 0.2
+  config.warmup_epochs = 0.0
+  config.momentum = 0.9
+  config.nesterov = True
+  config.weight_decay = 5e-4  # L2 added to the gradient, as torch's SGD and the papers do
+  config.decay_bn_and_bias = True  # the papers decay every parameter; False exempts BN/bias
+  config.label_smoothing = 0.0
+  config.grad_clip_norm = 0.0  # global-norm clipping; 0 = off
+
+  config.half_precision = False  # bfloat16 compute, float32 params and BN statistics
+  config.sync_batch_stats = True  # BN statistics over the global batch (all devices)
+  config.seed = 0
+
+  config.log_every_steps = 100
+  config.eval_every_epochs = 1.0
+  config.checkpoint_every_steps = 1000
+  config.keep_checkpoints = 3  # the latest K are kept, and the best by eval accuracy
+
+  config.init_from = ''  # a converted or trained checkpoint directory to start from
+  config.finetune_mode = 'full'  # full | linear_probe | frozen_bn
+  return config
+
+
+def variants(arg: str | None, allowed: tuple[str, ...]) -> set[str]:
+  """Parses a config argument like 'quick' or 'dropout,quick' into a set of variant names."""
+  chosen = {name.strip() for name in (arg or '').split(',') if name.strip()}
+  unknown = chosen - set(allowed)
+  if unknown:
+    raise ConfigError(f'unknown config variant(s) {sorted(unknown)}; allowed: {", ".join(allowed)}'
+                      ' (combine with commas, e.g. :dropout,quick)')
+  return chosen
+
+
+def _check_positive(config, key: str) -> None:
+  if config[key] <= 0:
+    raise ConfigError(f'{key}={config[key]} is not valid: it must be > 0')
+
+
+def _check_choice(config, key: str, allowed) -> None:
+  if config[key] not in allowed:
+    raise ConfigError(f'{key}={config[key]!r} is not valid; allowed: '
+                      f'{", ".join(repr(a) for a in allowed)}')
+
+
+def validate(config) -> None:
+  """Raises ConfigError (one line naming the fix) before anything runs."""
+  presets.architecture(config.model)
+  for key in ('batch_size', 'eval_batch_size', 'log_every_steps', 'checkpoint_every_steps',
+              'keep_checkpoints', 'eval_every_epochs'):
+    _check_positive(config, key)
+  if config.num_train_steps <= 0 and config.num_epochs <= 0:
+    raise ConfigError('set num_epochs > 0, or num_train_steps > 0 to count steps instead')
+  if config.learning_rate < 0 or config.weight_decay < 0:
+    raise ConfigError('learning_rate and weight_decay must be >= 0')
+  if not 0 <= config.momentum < 1:
+    raise ConfigError(f'momentum={config.momentum} is not valid: use 0 <= momentum < 1')
+  if not 0 <= config.label_smoothing < 1:
+    raise ConfigError(f'label_smoothing={config.label_smoothing} is not valid: use [0, 1)')
+  if config.warmup_epochs < 0 or config.grad_clip_norm < 0:
+    raise ConfigError('warmup_epochs and grad_clip_norm must be >= 0')
+  _check_choice(config, 'lr_schedule', LR_SCHEDULES)
+  _check_choice(config, 'optimizer', OPTIMIZERS)
+  _check_choice(config, 'finetune_mode', FINETUNE_MODES)
+  for key in ('lr_boundaries_epochs', 'lr_boundaries_steps'):
+    boundaries = list(config[key])
+    if boundaries != sorted(boundaries) or any(b <= 0 for b in boundaries):
+      raise ConfigError(f'{key}={tuple(boundaries)} must be increasing and > 0')
+  if config.augment.crop_padding < 0 or config.augment.cutout < 0:
+    raise ConfigError('augment.crop_padding and augment.cutout must be >= 0')
+  if config.dataset.image_size < 8:
+    raise ConfigError(f'dataset.image_size={config.dataset.image_size} is too small; use >= 8')

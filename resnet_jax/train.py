@@ -1,0 +1,381 @@
+"""The training engine: `train_and_evaluate(config, workdir)`.
+
+Read top to bottom: the train state, the per-device train and eval steps (pmap style,
+run by `jax.shard_map` inside `jax.jit` over the 'data' mesh), then the loop with its
+evaluation, metrics, checkpoints, resume and preemption handling.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from jax import lax
+from jax.sharding import PartitionSpec as P
+
+from resnet_jax import augment, checkpoint, datasets, input_pipeline, metrics, optim, parallel
+from resnet_jax import presets
+from resnet_jax.parallel import DATA_AXIS
+from resnet_jax.presets import ConfigError
+
+
+class TrainingDiverged(RuntimeError):
+  """The loss became NaN or Inf; the last good checkpoint is left untouched."""
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # int32 scalar: optimiser steps taken, which is also the data position
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  rng: jax.Array  # raw uint32 key; each step folds in its step number
+
+
+# ----------------------------------------------------------------------------- steps
+
+
+def cross_entropy(logits, labels, num_classes: int, label_smoothing: float = 0.0):
+  targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
+  return optax.softmax_cross_entropy(logits, targets)
+
+
+def _device_images(images_uint8, keys, config, mean, std, dtype):
+  """Augments (when `keys` is given) and normalises one device's uint8 images."""
+  if keys is not None and (config.augment.crop_padding or config.augment.flip):
+    images_uint8 = jax.vmap(lambda key, image: augment.random_crop_flip(
+        key, image[None], config.augment.crop_padding, config.augment.flip)[0])(
+            keys, images_uint8)
+  images = augment.normalize(images_uint8, mean, std, dtype)
+  if keys is not None and config.augment.cutout:
+    images = jax.vmap(lambda key, image: augment.cutout(
+        jax.random.fold_in(key, 1), image[None], config.augment.cutout)[0])(keys, images)
+  return images
+
+
+def make_local_train_step(model, tx, multiplier, config, mean, std, num_classes: int,
+                          train_mode: bool = True):
+  """The per-device step `(state, arrays, batch) -> (state, metrics)`, in pmap style.
+
+  `arrays` holds the device-resident dataset (or nothing, for streamed input) and `batch`
+  this device's share of the step's indices (or images). Per-example augmentation keys
+  are folded from the example's position in the *global* batch, so augmentation does not
+  depend on how many devices there are. Dropout masks are drawn per device.
+  Must run where the 'data' axis is bound (shard_map); vmap it to train stacked runs.
+  """
+  dtype = model.dtype
+
+  def local_step(state: TrainState, arrays, batch):
+    images, labels = input_pipeline.local_batch(arrays, batch)
+    local_size = labels.shape[0]
+    step_key = jax.random.fold_in(state.rng, state.step)
+    augment_key, dropout_key = jax.random.split(step_key)
+    positions = lax.axis_index(DATA_AXIS) * local_size + jnp.arange(local_size)
+    keys = jax.vmap(lambda p: jax.random.fold_in(augment_key, p))(positions)
+    inputs = _device_images(images, keys, config, mean, std, dtype)
+    dropout_key = jax.random.fold_in(dropout_key, lax.axis_index(DATA_AXIS))
+
+    def loss_fn(params):
+      logits, updates = model.apply(
+          {'params': params, 'batch_stats': state.batch_stats}, inputs, train=train_mode,
+          mutable=['batch_stats'], rngs={'dropout': dropout_key})
+      loss = cross_entropy(logits, labels, num_classes, config.label_smoothing).mean()
+      return loss, (logits, updates.get('batch_stats', state.batch_stats))
+
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params)
+    grads = lax.pmean(grads, DATA_AXIS)
+    if not config.sync_batch_stats:  # local BN statistics; keep the running averages in step
+      batch_stats = lax.pmean(batch_stats, DATA_AXIS)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    step_metrics = {
+        'loss': lax.pmean(loss, DATA_AXIS),
+        'accuracy': lax.pmean(jnp.mean(jnp.argmax(logits, -1) == labels), DATA_AXIS),
+        'lr': optim.current_lr(state.opt_state, multiplier, state.step),
+        'grad_norm': optax.global_norm(grads),
+    }
+    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                              opt_state=opt_state)
+    return new_state, step_metrics
+
+  return local_step
+
+
+def make_train_step(local_step, mesh):
+  """Runs a per-device step over the whole mesh: jit(shard_map(...)), state donated."""
+  sharded = jax.shard_map(local_step, mesh=mesh, in_specs=(P(), P(), P(DATA_AXIS)),
+                          out_specs=(P(), P()))
+  return jax.jit(sharded, donate_argnums=0)
+
+
+def make_eval_step(model, config, mesh, mean, std, num_classes: int):
+  """A jitted `(state, arrays, batch) -> sums` of loss, top-1/top-5 hits and count."""
+  dtype = model.dtype
+
+  def local_eval(state: TrainState, arrays, batch):
+    images, labels = input_pipeline.local_batch(arrays, batch)
+    inputs = _device_images(images, None, config, mean, std, dtype)
+    logits = model.apply({'params': state.params, 'batch_stats': state.batch_stats}, inputs,
+                         train=False)
+    mask = batch['mask'].astype(jnp.float32)
+    top5 = lax.top_k(logits, min(5, num_classes))[1]
+    sums = {
+        'loss': jnp.sum(cross_entropy(logits, labels, num_classes) * mask),
+        'correct': jnp.sum((jnp.argmax(logits, -1) == labels) * mask),
+        'correct_top5': jnp.sum(jnp.any(top5 == labels[:, None], axis=-1) * mask),
+        'count': jnp.sum(mask),
+    }
+    return lax.psum(sums, DATA_AXIS)
+
+  sharded = jax.shard_map(local_eval, mesh=mesh, in_specs=(P(), P(), P(DATA_AXIS)),
+                          out_specs=P())
+  return jax.jit(sharded)
+
+
+def evaluate(eval_step, state, pipeline, num_classes: int) -> dict[str, float]:
+  """Top-1 (and top-5 above 10 classes) accuracy and loss over the whole test split."""
+  totals = None
+  for batch in pipeline.eval_batches():
+    sums = eval_step(state, pipeline.test_arrays, batch)
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  totals = jax.device_get(totals)
+  count = float(totals['count'])
+  results = {'eval/accuracy': float(totals['correct']) / count,
+             'eval/loss': float(totals['loss']) / count}
+  if num_classes > 10:
+    results['eval/top5_accuracy'] = float(totals['correct_top5']) / count
+  return results
+
+
+# ----------------------------------------------------------------------------- state
+
+
+def create_train_state(model, tx, config, mesh, image_size: int) -> TrainState:
+  """Initialises replicated parameters from the seed (identical on any device count)."""
+  rng = jax.random.PRNGKey(config.seed)
+  init_key, state_key = jax.random.split(rng)
+
+  def init():
+    variables = model.init(init_key, jnp.zeros((1, image_size, image_size, 3), jnp.float32),
+                           train=False)
+    params, batch_stats = variables['params'], variables.get('batch_stats', {})
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                      opt_state=tx.init(params), rng=state_key)
+
+  return jax.jit(init, out_shardings=parallel.replicated(mesh))()
+
+
+def abstract_state(state: TrainState, mesh):
+  sharding = parallel.replicated(mesh)
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), state)
+
+
+# ----------------------------------------------------------------------------- loop
+
+
+class _PreemptionFlag:
+  """Set by SIGTERM (cluster preemption); the loop saves a checkpoint and exits cleanly."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self._previous)
+
+  def agreed(self) -> bool:
+    """All processes must stop at the same step, or the collectives would hang."""
+    if jax.process_count() == 1:
+      return self.requested
+    from jax.experimental import multihost_utils
+    return bool(np.any(multihost_utils.process_allgather(np.array(self.requested))))
+
+
+def _make_pipeline(config, mesh):
+  if config.dataset.name == 'imagenet2012':
+    num_classes = datasets.num_classes(config.dataset)
+    split_sizes = datasets.imagenet_split_sizes(config.dataset)
+    pipeline = input_pipeline.StreamingInput(
+        config.dataset, mesh, config.seed, config.batch_size, _eval_batch(config, mesh),
+        num_train=split_sizes['train'], num_test=split_sizes['validation'])
+    return pipeline, num_classes, datasets.IMAGENET_MEAN, datasets.IMAGENET_STD
+  dataset = datasets.load_in_memory(config.dataset, seed=config.seed)
+  pipeline = input_pipeline.InMemoryInput(dataset, mesh, config.seed, config.batch_size,
+                                          _eval_batch(config, mesh))
+  return pipeline, dataset.num_classes, dataset.mean, dataset.std
+
+
+def _eval_batch(config, mesh) -> int:
+  """The eval batch, rounded up to a multiple of the device count (padding is masked)."""
+  return -(-config.eval_batch_size // mesh.size) * mesh.size
+
+
+def _mean_metrics(pending: list[dict]) -> dict[str, float]:
+  fetched = jax.device_get(pending)
+  return {key: float(np.mean([m[key] for m in fetched])) for key in fetched[0]}
+
+
+def _check_finite(train_metrics: dict[str, float], step: int, ckpt) -> None:
+  if not np.isfinite(train_metrics['loss']):
+    last = ckpt.latest_step
+    kept = f'the last good checkpoint (step {last}) is kept' if last is not None else \
+        'no checkpoint was written'
+    raise TrainingDiverged(
+        f'training loss is {train_metrics["loss"]} by step {step}; stopped without saving, '
+        f'{kept}. Lower learning_rate, add warmup_epochs or set grad_clip_norm.')
+
+
+def train_and_evaluate(config, workdir) -> dict[str, Any]:
+  """Trains and evaluates; resumes from the newest good checkpoint in `workdir`."""
+  workdir = Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  is_main = jax.process_index() == 0
+  mesh = parallel.data_mesh()
+  parallel.check_divisible(config.batch_size, 'batch_size', mesh)
+
+  pipeline, num_classes, mean, std = _make_pipeline(config, mesh)
+  steps_per_epoch = pipeline.num_train // config.batch_size
+  if steps_per_epoch < 1:
+    raise ConfigError(f'batch_size={config.batch_size} exceeds the {pipeline.num_train} '
+                      'training examples; lower batch_size')
+  total_steps = config.num_train_steps if config.num_train_steps > 0 else \
+      int(config.num_epochs * steps_per_epoch)
+  eval_every = max(1, int(round(config.eval_every_epochs * steps_per_epoch)))
+
+  model = presets.build_model(config.model, num_classes, half_precision=config.half_precision,
+                              bn_axis_name=DATA_AXIS if config.sync_batch_stats else None)
+  multiplier = optim.lr_multiplier(config, steps_per_epoch, total_steps)
+  tx = optim.create_optimizer(config, steps_per_epoch, total_steps)
+  state = create_train_state(model, tx, config, mesh, config.dataset.image_size)
+
+  ckpt = checkpoint.Checkpointer(workdir / 'checkpoints', max_to_keep=config.keep_checkpoints,
+                                 best_metric='eval/accuracy', best_mode='max')
+  restored = ckpt.restore_latest(abstract_state(state, mesh))
+  if restored is not None:
+    state = restored[1]
+    logging.info('resumed at step %d', restored[0])
+    if is_main:
+      print(f'Resuming from checkpoint at step {restored[0]} (epoch '
+            f'{restored[0] / steps_per_epoch:.2f}) in {workdir}', flush=True)
+
+  writer = metrics.MetricWriter(workdir, enabled=is_main)
+  writer.write_config(config)
+  progress = metrics.Progress(total_steps, config.batch_size, steps_per_epoch, enabled=is_main)
+  train_step = make_train_step(
+      make_local_train_step(model, tx, multiplier, config, mean, std, num_classes), mesh)
+  eval_step = make_eval_step(model, config, mesh, mean, std, num_classes)
+  preemption = _PreemptionFlag()
+
+  step = int(jax.device_get(state.step))
+  results_file = workdir / 'results.json'
+  if step >= total_steps and results_file.exists():
+    ckpt.close()
+    results = json.loads(results_file.read_text())
+    if is_main:
+      print(f'already complete at step {step}: {results_file}', flush=True)
+    return results
+  start_time = time.time()
+  pending: list[dict] = []
+  train_metrics: dict[str, float] = {}
+  eval_metrics: dict[str, float] = {}
+  interval_start, interval_step = time.time(), step
+  img_per_s = 0.0
+  try:
+    while step < total_steps:
+      state, step_metrics = train_step(state, pipeline.train_arrays, pipeline.train_batch(step))
+      pending.append(step_metrics)
+      step += 1
+      is_last = step == total_steps
+      stopping = preemption.agreed() if (jax.process_count() == 1 or
+                                         step % config.log_every_steps == 0) else False
+      if step % config.log_every_steps == 0 or is_last or stopping:
+        train_metrics = _mean_metrics(pending)
+        pending = []
+        _check_finite(train_metrics, step, ckpt)
+        now = time.time()
+        img_per_s = (step - interval_step) * config.batch_size / max(now - interval_start, 1e-9)
+        interval_start, interval_step = now, step
+        writer.write(step, {**{f'train/{k}': v for k, v in train_metrics.items()},
+                            'throughput/img_per_s': img_per_s, 'epoch': step / steps_per_epoch})
+        progress.update(step, loss=train_metrics['loss'], lr=train_metrics['lr'],
+                        img_per_s=img_per_s)
+      if step % eval_every == 0 or is_last:
+        if pending:
+          _check_finite(_mean_metrics(pending), step, ckpt)
+        eval_metrics = evaluate(eval_step, state, pipeline, num_classes)
+        writer.write(step, {**eval_metrics, 'epoch': step / steps_per_epoch})
+        ckpt.save(step, state, metrics=eval_metrics, force=is_last or stopping)
+      elif step % config.checkpoint_every_steps == 0 or stopping:
+        if pending:
+          _check_finite(_mean_metrics(pending), step, ckpt)
+        ckpt.save(step, state, force=stopping)
+      if stopping and not is_last:
+        ckpt.wait()
+        if is_main:
+          print(f'SIGTERM: saved checkpoint at step {step}; rerun the same command to resume.',
+                flush=True)
+        return {'step': step, 'preempted': True}
+  finally:
+    preemption.restore()
+    progress.close()
+    ckpt.close()
+    writer.close()
+
+  if not eval_metrics:  # resumed from the final checkpoint, before results were written
+    eval_metrics = evaluate(eval_step, state, pipeline, num_classes)
+  if not is_main:
+    return {'step': step}
+  results = _final_results(config, step, eval_metrics, train_metrics, workdir,
+                           time.time() - start_time, img_per_s)
+  if is_main:
+    results_file.write_text(json.dumps(results, indent=2) + '\n')
+    print(f'done: {results["model"]} | step {step}/{total_steps} | test accuracy '
+          f'{results["test_accuracy"]:.2%} (best {results["best_test_accuracy"]:.2%}) | '
+          f'train loss {results["train_loss"]:.4f} | {metrics.format_duration(results["wall_s"])}'
+          f' | {results["img_per_s"]:,.0f} img/s | {workdir}', flush=True)
+  return results
+
+
+def _best_logged_accuracy(workdir: Path, fallback: float) -> float:
+  """The best eval accuracy in metrics.jsonl, which spans every resumed segment of the run."""
+  best = fallback
+  with open(workdir / metrics.METRICS_FILE, encoding='utf-8') as lines:
+    for line in lines:
+      accuracy = json.loads(line).get('eval/accuracy')
+      if accuracy is not None and (np.isnan(best) or accuracy > best):
+        best = accuracy
+  return best
+
+
+def _final_results(config, step, eval_metrics, train_metrics, workdir, wall_s,
+                   img_per_s) -> dict[str, Any]:
+  accuracy = eval_metrics.get('eval/accuracy', float('nan'))
+  best_accuracy = _best_logged_accuracy(workdir, accuracy)
+  return {
+      'model': presets.model_name(config.model),
+      'step': step,
+      'test_accuracy': accuracy,
+      'test_error': 1.0 - accuracy,
+      'best_test_accuracy': best_accuracy,
+      'best_test_error': 1.0 - best_accuracy,
+      'test_loss': eval_metrics.get('eval/loss', float('nan')),
+      'train_loss': train_metrics.get('loss', float('nan')),
+      'train_error': 1.0 - train_metrics.get('accuracy', float('nan')),
+      'wall_s': wall_s,
+      'img_per_s': img_per_s,
+  }
