@@ -3,6 +3,8 @@
 Nothing is compiled or allocated: shapes come from `jax.eval_shape`, and FLOPs from XLA's
 cost analysis of the lowered (uncompiled) forward pass, so even ResNet-1202 takes seconds.
 XLA counts a multiply-add as 2 FLOPs; the papers' "FLOPs" are multiply-adds (half as many).
+XLA also skips the multiply-adds that fall on zero padding, so its count runs about 2%
+below the conventional one (ResNet-50: 4.00 vs 4.09 G multiply-adds).
 """
 
 from __future__ import annotations
@@ -48,8 +50,9 @@ def summarize(config) -> dict:
   for name, subtree in variables['params'].items():
     stage = _stage_of(name)
     params_per_stage[stage] = params_per_stage.get(stage, 0) + _count(subtree)
-  stages = [(name, tuple(value[0].shape[1:]), params_per_stage.get(name, 0))
-            for name, value in state['intermediates'].items()]
+  order = lambda name: (name != 'stem', name == 'logits', name)  # stem, stage1.., logits
+  stages = [(name, tuple(state['intermediates'][name][0].shape[1:]), params_per_stage.get(name, 0))
+            for name in sorted(state['intermediates'], key=order)]
   return dict(model=presets.model_name(config.model), params=_count(variables['params']),
               flops_per_example=int(cost['flops']), stages=stages)
 

@@ -89,21 +89,23 @@ def make_local_train_step(model, tx, multiplier, config, mean, std, num_classes:
       logits, updates = model.apply(
           {'params': params, 'batch_stats': state.batch_stats}, inputs, train=train_mode,
           mutable=['batch_stats'], rngs={'dropout': dropout_key})
-      loss = cross_entropy(logits, labels, num_classes, config.label_smoothing).mean()
+      local_loss = cross_entropy(logits, labels, num_classes, config.label_smoothing).mean()
+      # The mean over the global batch. Params are replicated (invariant over 'data'), so
+      # shard_map's autodiff sums their gradient over devices: no explicit pmean of grads.
+      loss = lax.pmean(local_loss, DATA_AXIS)
       return loss, (logits, updates.get('batch_stats', state.batch_stats))
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params)
-    grads = lax.pmean(grads, DATA_AXIS)
     if not config.sync_batch_stats:  # local BN statistics; keep the running averages in step
       batch_stats = lax.pmean(batch_stats, DATA_AXIS)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     step_metrics = {
-        'loss': lax.pmean(loss, DATA_AXIS),
+        'loss': loss,
         'accuracy': lax.pmean(jnp.mean(jnp.argmax(logits, -1) == labels), DATA_AXIS),
         'lr': optim.current_lr(state.opt_state, multiplier, state.step),
-        'grad_norm': optax.global_norm(grads),
+        'grad_norm': optax.tree.norm(grads),
     }
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                               opt_state=opt_state)
@@ -244,6 +246,14 @@ def train_and_evaluate(config, workdir) -> dict[str, Any]:
   """Trains and evaluates; resumes from the newest good checkpoint in `workdir`."""
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
+  preemption = _PreemptionFlag()  # first, so a SIGTERM during start-up is not lost
+  try:
+    return _train_and_evaluate(config, workdir, preemption)
+  finally:
+    preemption.restore()
+
+
+def _train_and_evaluate(config, workdir: Path, preemption: _PreemptionFlag) -> dict[str, Any]:
   is_main = jax.process_index() == 0
   mesh = parallel.data_mesh()
   parallel.check_divisible(config.batch_size, 'batch_size', mesh)
@@ -279,7 +289,6 @@ def train_and_evaluate(config, workdir) -> dict[str, Any]:
   train_step = make_train_step(
       make_local_train_step(model, tx, multiplier, config, mean, std, num_classes), mesh)
   eval_step = make_eval_step(model, config, mesh, mean, std, num_classes)
-  preemption = _PreemptionFlag()
 
   step = int(jax.device_get(state.step))
   results_file = workdir / 'results.json'
@@ -331,7 +340,6 @@ def train_and_evaluate(config, workdir) -> dict[str, Any]:
                 flush=True)
         return {'step': step, 'preempted': True}
   finally:
-    preemption.restore()
     progress.close()
     ckpt.close()
     writer.close()

@@ -1,0 +1,339 @@
+"""The training engine: steps, data parallelism, resume, preemption, divergence, outputs."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from resnet_jax import checkpoint, config as config_lib, optim, parallel, presets, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A CPU-sized run: ResNet-8 on synthetic CIFAR-shaped data.
+TINY_OVERRIDES = {
+    'dataset.name': 'synthetic', 'dataset.num_classes': 10, 'dataset.max_train_examples': 256,
+    'model.depth': 8, 'batch_size': 32, 'eval_batch_size': 64, 'num_train_steps': 12,
+    'log_every_steps': 2, 'checkpoint_every_steps': 4, 'eval_every_epochs': 100.0,
+    'lr_schedule': 'cosine',
+}
+
+
+def tiny_config(**overrides):
+  config = config_lib.default_config()
+  config.model = presets.preset('resnet20')
+  for key, value in {**TINY_OVERRIDES, **overrides}.items():
+    node = config
+    *parents, leaf = key.split('.')
+    for parent in parents:
+      node = node[parent]
+    node[leaf] = value
+  return config
+
+
+def launch(workdir, *, devices=8, extra=(), overrides=None, env=None, **popen):
+  """Runs launch.py in a fresh process with `devices` simulated CPU devices."""
+  flags = [f'--config.{k}={v}' for k, v in {**TINY_OVERRIDES, **(overrides or {})}.items()]
+  command = [sys.executable, str(ROOT / 'launch.py'), f'--config={ROOT}/configs/resnet_cifar.py',
+             f'--workdir={workdir}', *flags, *extra]
+  environment = {**os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}',
+                 'JAX_PLATFORMS': 'cpu', **(env or {})}
+  return subprocess.Popen(command, cwd=ROOT, env=environment, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, **popen)
+
+
+def run_launch(workdir, **kwargs):
+  process = launch(workdir, **kwargs)
+  output, _ = process.communicate(timeout=600)
+  return process.returncode, output
+
+
+def final_params(workdir):
+  """The step and params of the newest checkpoint in `workdir`, read as host arrays."""
+  import orbax.checkpoint as ocp
+  directory = Path(workdir) / 'checkpoints'
+  step = max(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+  path = directory / str(step) / 'state'
+  checkpointer = ocp.StandardCheckpointer()
+  on_one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  metadata = checkpointer.metadata(path)
+  metadata = getattr(metadata, 'item_metadata', metadata)
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=on_one_device),
+                        metadata)
+  state = checkpointer.restore(path, target)
+  return step, jax.tree.map(np.asarray, state['params'])
+
+
+def assert_trees_equal(a, b, **tolerance):
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, **tolerance) if tolerance
+               else np.testing.assert_array_equal(x, y), a, b)
+
+
+# ----------------------------------------------------------------------------- steps
+
+
+def make_step(config, mesh, num_classes=10):
+  model = presets.build_model(config.model, num_classes, bn_axis_name=parallel.DATA_AXIS
+                              if config.sync_batch_stats else None)
+  tx = optim.create_optimizer(config, steps_per_epoch=10, total_steps=100)
+  multiplier = optim.lr_multiplier(config, 10, 100)
+  state = train.create_train_state(model, tx, config, mesh, 32)
+  step = train.make_train_step(train.make_local_train_step(
+      model, tx, multiplier, config, (0.5,) * 3, (0.25,) * 3, num_classes), mesh)
+  return state, step
+
+
+def fixed_batch(mesh, size=32, seed=0):
+  rng = np.random.default_rng(seed)
+  arrays = {'images': rng.integers(0, 256, (size, 32, 32, 3), dtype=np.uint8),
+            'labels': rng.integers(0, 10, size).astype(np.int32)}
+  return (parallel.put(arrays, parallel.replicated(mesh)),
+          parallel.put({'indices': np.arange(size, dtype=np.int32)},
+                       parallel.batch_sharded(mesh)))
+
+
+def test_a_train_step_lowers_the_loss_on_a_fixed_batch():
+  config = tiny_config(**{'augment.crop_padding': 0, 'augment.flip': False})
+  mesh = parallel.data_mesh(jax.devices()[:1])
+  state, step = make_step(config, mesh)
+  arrays, batch = fixed_batch(mesh)
+  losses = []
+  for _ in range(8):
+    state, metrics = step(state, arrays, batch)
+    losses.append(float(metrics['loss']))
+  assert losses[-1] < 0.5 * losses[0], losses
+
+
+@pytest.mark.parametrize('sync_batch_stats', [True, False])
+def test_one_and_eight_devices_give_the_same_loss_and_batch_statistics(sync_batch_stats):
+  """Same global batch, same seed: equal up to float reassociation.
+
+  Loss and BN statistics within rtol 1e-4; parameters after 3 steps within 1e-4 absolute.
+
+  With `sync_batch_stats=False` each device normalises with its own batch statistics
+  (as pmap-era code did), so only the synced variant is expected to match.
+  """
+  config = tiny_config(sync_batch_stats=sync_batch_stats, learning_rate=0.01)
+  results = {}
+  for devices in (1, 8):
+    mesh = parallel.data_mesh(jax.devices()[:devices])
+    state, step = make_step(config, mesh)
+    arrays, batch = fixed_batch(mesh)
+    for _ in range(3):
+      state, metrics = step(state, arrays, batch)
+    results[devices] = (float(metrics['loss']), jax.device_get(state.batch_stats),
+                        jax.device_get(state.params))
+  if sync_batch_stats:
+    assert results[1][0] == pytest.approx(results[8][0], rel=1e-4)
+    assert_trees_equal(results[1][1], results[8][1], rtol=1e-4, atol=1e-5)
+    assert_trees_equal(results[1][2], results[8][2], rtol=1e-3, atol=1e-4)
+  else:
+    assert results[1][0] != pytest.approx(results[8][0], rel=1e-4)
+
+
+def test_learning_rate_and_weight_decay_are_inputs_of_the_compiled_step_not_constants():
+  config = tiny_config()
+  mesh = parallel.data_mesh(jax.devices()[:1])
+  state, step = make_step(config, mesh)
+  arrays, batch = fixed_batch(mesh)
+  params_before = jax.device_get(state.params)
+
+  def with_hyperparams(state, **values):
+    hyper = state.opt_state.hyperparams
+    new = {k: jnp.asarray(v, hyper[k].dtype) for k, v in values.items()}
+    return state.replace(opt_state=state.opt_state._replace(hyperparams={**hyper, **new}))
+
+  frozen, metrics = step(with_hyperparams(state, learning_rate=0.0, weight_decay=0.0), arrays,
+                         batch)
+  assert float(metrics['lr']) == 0.0
+  assert_trees_equal(jax.device_get(frozen.params), params_before)
+  moved, metrics = step(with_hyperparams(frozen, learning_rate=0.05, weight_decay=1e-3), arrays,
+                        batch)
+  assert float(metrics['lr']) == pytest.approx(0.05 * float(optim.lr_multiplier(
+      config, 10, 100)(1)))
+  assert step._cache_size() == 1  # one compiled program served every value
+
+
+# ----------------------------------------------------------------------------- schedules
+
+
+def test_step_schedule_multiplies_by_the_decay_factor_at_each_boundary():
+  config = tiny_config(lr_schedule='step', lr_boundaries_epochs=(60, 120, 160),
+                       lr_decay_factor=0.2)
+  multiplier = optim.lr_multiplier(config, steps_per_epoch=10, total_steps=2000)
+  values = [float(multiplier(s)) for s in (0, 599, 600, 1199, 1200, 1600, 1999)]
+  assert values == pytest.approx([1, 1, 0.2, 0.2, 0.04, 0.008, 0.008])
+
+
+def test_step_boundaries_in_iterations_replace_epochs_for_the_he_et_al_recipe():
+  config = tiny_config(lr_schedule='step', lr_boundaries_steps=(32000, 48000),
+                       lr_decay_factor=0.1)
+  multiplier = optim.lr_multiplier(config, steps_per_epoch=390, total_steps=64000)
+  assert [float(multiplier(s)) for s in (31999, 32000, 48000)] == pytest.approx([1, .1, .01])
+
+
+def test_cosine_schedule_warms_up_linearly_then_decays_to_zero():
+  config = tiny_config(lr_schedule='cosine', warmup_epochs=1.0)
+  multiplier = optim.lr_multiplier(config, steps_per_epoch=10, total_steps=110)
+  assert float(multiplier(0)) == pytest.approx(0.1)
+  assert float(multiplier(9)) == pytest.approx(1.0)
+  assert float(multiplier(60)) == pytest.approx(0.5, abs=0.02)
+  assert float(multiplier(110)) == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize('decay_bn_and_bias', [True, False])
+def test_weight_decay_reaches_bn_and_bias_only_when_switched_on(decay_bn_and_bias):
+  config = tiny_config(weight_decay=0.1, momentum=0.0, learning_rate=1.0,
+                       decay_bn_and_bias=decay_bn_and_bias, lr_schedule='constant')
+  tx = optim.create_optimizer(config, 10, 100)
+  params = {'conv': {'kernel': jnp.ones((3, 3, 1, 1))}, 'bn': {'scale': jnp.ones((4,))}}
+  updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+  assert float(updates['conv']['kernel'][0, 0, 0, 0]) == pytest.approx(-0.1)
+  assert float(updates['bn']['scale'][0]) == pytest.approx(-0.1 if decay_bn_and_bias else 0.0)
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def test_training_writes_metrics_tensorboard_config_and_results(tmp_path):
+  results = train.train_and_evaluate(tiny_config(), tmp_path)
+  records = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  keys = set().union(*records)
+  assert {'step', 'train/loss', 'train/lr', 'eval/accuracy', 'eval/loss',
+          'throughput/img_per_s'} <= keys
+  assert json.loads((tmp_path / 'config.json').read_text())['model']['depth'] == 8
+  assert list((tmp_path / 'tensorboard').glob('events.out.tfevents.*'))
+  assert json.loads((tmp_path / 'results.json').read_text()) == pytest.approx(results)
+  assert results['step'] == 12 and 0.0 <= results['test_accuracy'] <= 1.0
+
+
+def test_evaluation_covers_the_whole_test_split_with_the_padding_masked(tmp_path):
+  """256 test images in batches of 96: the last batch is padded, and the padding ignored."""
+  config = tiny_config(eval_batch_size=96, num_train_steps=2)
+  results = train.train_and_evaluate(config, tmp_path)
+  from resnet_jax import datasets
+  dataset = datasets.load_in_memory(config.dataset, seed=config.seed)
+  mesh = parallel.data_mesh()
+  state_template, _ = make_step(config, mesh)
+  _, state = checkpoint.Checkpointer(tmp_path / 'checkpoints').restore_latest(
+      train.abstract_state(state_template, mesh))
+  model = presets.build_model(config.model, 10)
+  images = (dataset.test.images / 255.0 - np.asarray(dataset.mean)) / np.asarray(dataset.std)
+  logits = model.apply({'params': state.params, 'batch_stats': state.batch_stats},
+                       jnp.asarray(images, jnp.float32), train=False)
+  expected = float(np.mean(np.argmax(logits, -1) == dataset.test.labels))
+  assert len(dataset.test.labels) % 96 != 0
+  assert results['test_accuracy'] == pytest.approx(expected, abs=1e-6)
+
+
+def test_a_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path):
+  """lr 1e30: the loss is finite at steps 1-2 (checkpoint at 2), then NaN at step 3."""
+  config = tiny_config(learning_rate=1e30, log_every_steps=1, checkpoint_every_steps=2)
+  with pytest.raises(train.TrainingDiverged, match='last good checkpoint \\(step 2\\) is kept'):
+    train.train_and_evaluate(config, tmp_path)
+  assert sorted(int(p.name) for p in (tmp_path / 'checkpoints').iterdir()
+                if p.name.isdigit()) == [2]
+
+
+def test_batch_size_must_split_evenly_over_the_devices(tmp_path):
+  with pytest.raises(presets.ConfigError, match='not divisible by the 8 devices'):
+    train.train_and_evaluate(tiny_config(batch_size=30), tmp_path)
+
+
+# ----------------------------------------------------------------------------- processes
+
+
+def test_rerunning_after_kill_9_resumes_and_ends_with_the_same_parameters(tmp_path):
+  code, output = run_launch(tmp_path / 'uninterrupted')
+  assert code == 0, output
+  process = launch(tmp_path / 'killed')
+  checkpoints = tmp_path / 'killed' / 'checkpoints'
+  deadline = time.time() + 300
+  while not (checkpoints / '8').exists() and time.time() < deadline:
+    time.sleep(0.05)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  code, output = run_launch(tmp_path / 'killed')
+  assert code == 0, output
+  assert 'Resuming from checkpoint at step' in output
+  step_a, params_a = final_params(tmp_path / 'uninterrupted')
+  step_b, params_b = final_params(tmp_path / 'killed')
+  assert step_a == step_b == 12
+  assert_trees_equal(params_a, params_b)
+
+
+def test_a_checkpoint_written_on_8_devices_resumes_on_1(tmp_path):
+  code, output = run_launch(tmp_path, devices=8, overrides={'num_train_steps': 4})
+  assert code == 0, output
+  code, output = run_launch(tmp_path, devices=1, overrides={'num_train_steps': 8})
+  assert code == 0, output
+  assert 'Resuming from checkpoint at step 4' in output
+  assert final_params(tmp_path)[0] == 8
+
+
+def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path):
+  code, output = run_launch(tmp_path, overrides={'num_train_steps': 8})
+  assert code == 0, output
+  latest = tmp_path / 'checkpoints' / '8'
+  for path in (latest / 'state').rglob('*'):
+    if path.is_file() and path.stat().st_size > 0 and 'ocdbt' in str(path):
+      path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+  code, output = run_launch(tmp_path, overrides={'num_train_steps': 12})
+  assert code == 0, output
+  assert 'Resuming from checkpoint at step 4' in output
+  assert final_params(tmp_path)[0] == 12
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+  process = launch(tmp_path, overrides={'num_train_steps': 100000,
+                                         'checkpoint_every_steps': 100000})
+  metrics_file = tmp_path / 'metrics.jsonl'
+  deadline = time.time() + 300
+  while not metrics_file.exists() and time.time() < deadline:
+    time.sleep(0.05)
+  process.send_signal(signal.SIGTERM)
+  output, _ = process.communicate(timeout=300)
+  assert process.returncode == 0, output
+  assert 'SIGTERM: saved checkpoint at step' in output
+  saved = int(output.split('SIGTERM: saved checkpoint at step ')[1].split(';')[0])
+  assert (tmp_path / 'checkpoints' / str(saved)).exists()
+
+
+def test_two_processes_match_one_process_with_the_same_total_devices(tmp_path):
+  """jax.distributed on 127.0.0.1 with gloo: 2 processes x 4 devices == 1 process x 8.
+
+  Equal up to float reassociation in the cross-process reductions: 1e-4 absolute after 12
+  steps.
+  """
+  overrides = {'learning_rate': 0.01}  # a calm trajectory, so reassociation stays small
+  code, output = run_launch(tmp_path / 'one', overrides=overrides)
+  assert code == 0, output
+  from portpicker import pick_unused_port
+  address = f'127.0.0.1:{pick_unused_port()}'
+  processes = [launch(tmp_path / 'two', devices=4, overrides=overrides, extra=(
+      f'--coordinator_address={address}', '--num_processes=2', f'--process_id={i}'))
+               for i in range(2)]
+  outputs = [p.communicate(timeout=600)[0] for p in processes]
+  assert [p.returncode for p in processes] == [0, 0], outputs
+  step_one, params_one = final_params(tmp_path / 'one')
+  step_two, params_two = final_params(tmp_path / 'two')
+  assert step_one == step_two == 12
+  assert_trees_equal(params_one, params_two, rtol=1e-4, atol=1e-4)
+
+
+def test_bad_config_values_get_a_one_line_error_and_nothing_runs(tmp_path):
+  for overrides, message in [({'model.depth': 21}, '6n+2'),
+                             ({'lr_schedule': 'linear'}, "'step', 'cosine', 'constant'"),
+                             ({'dataset.name': 'mnist'}, 'mnist')]:
+    code, output = run_launch(tmp_path, overrides=overrides)
+    assert code != 0
+    assert output.strip().splitlines()[-1].startswith('error: ') and message in output, output
+    assert 'Traceback' not in output
+  assert not (tmp_path / 'checkpoints').exists()
