@@ -27,12 +27,14 @@ def default_config() -> ml_collections.ConfigDict:
       image_size=32,
       num_classes=-1,  # -1 = from the dataset
       cache_dir='',  # '' = $RESNET_JAX_CACHE or ~/.cache/resnet_jax
+      normalization='dataset',  # 'dataset': its own mean/std; 'imagenet': for pretrained weights
   ))
   # He et al. 2015 CIFAR augmentation, applied on the device inside the train step.
   config.augment = ml_collections.ConfigDict(dict(
       crop_padding=4,  # zero-pad then random crop back to image_size; 0 = off
       flip=True,  # random horizontal flip
       cutout=0,  # side of a cutout square (DeVries & Taylor 2017); 0 = off
+      resize_to=0,  # resize on the device to this side (e.g. 32 px up to 224); 0 = off
   ))
 
   config.batch_size = 128  # global, split over all devices of all hosts
@@ -107,6 +109,14 @@ def validate(config) -> None:
   _check_choice(config, 'lr_schedule', LR_SCHEDULES)
   _check_choice(config, 'optimizer', OPTIMIZERS)
   _check_choice(config, 'finetune_mode', FINETUNE_MODES)
+  if config.dataset.normalization not in ('dataset', 'imagenet'):
+    raise ConfigError(f'dataset.normalization={config.dataset.normalization!r} is not valid; '
+                      "allowed: 'dataset', 'imagenet'")
+  if config.finetune_mode != 'full' and not config.init_from:
+    raise ConfigError(f'finetune_mode={config.finetune_mode!r} needs pretrained weights: set '
+                      '--config.init_from=<dir from python -m resnet_jax.convert>')
+  if config.augment.resize_to < 0:
+    raise ConfigError('augment.resize_to must be >= 0 (0 = off)')
   for key in ('lr_boundaries_epochs', 'lr_boundaries_steps'):
     boundaries = list(config[key])
     if boundaries != sorted(boundaries) or any(b <= 0 for b in boundaries):

@@ -60,6 +60,10 @@ def _device_images(images_uint8, keys, config, mean, std, dtype):
   if keys is not None and config.augment.cutout:
     images = jax.vmap(lambda key, image: augment.cutout(
         jax.random.fold_in(key, 1), image[None], config.augment.cutout)[0])(keys, images)
+  if config.augment.resize_to:  # e.g. 32 px CIFAR up to a pretrained backbone's resolution
+    size = config.augment.resize_to
+    images = jax.image.resize(images, (images.shape[0], size, size, images.shape[3]),
+                              'bilinear').astype(dtype)
   return images
 
 
@@ -183,6 +187,37 @@ def abstract_state(state: TrainState, mesh):
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), state)
 
 
+def _head_only_mask(model, image_size: int):
+  """True on the classifier head only: a linear probe trains nothing else."""
+  shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.PRNGKey(0),
+                          jnp.zeros((1, image_size, image_size, 3)))['params']
+  return {name: jax.tree.map(lambda _: name == 'head', subtree)
+          for name, subtree in shapes.items()}
+
+
+def load_pretrained(state: TrainState, config, mesh) -> TrainState:
+  """Starts from converted weights (`python -m resnet_jax.convert`); a new head if needed.
+
+  The backbone's params and BN statistics are copied; the head is kept from the fresh
+  initialisation when the class count differs from the pretrained one.
+  """
+  from resnet_jax import convert
+  try:
+    source_model, source_classes, variables = convert.load_converted(config.init_from)
+  except (FileNotFoundError, convert.ConversionError) as error:
+    raise ConfigError(f'init_from={config.init_from!r}: {error}; make one with '
+                      'python -m resnet_jax.convert') from None
+  if presets.architecture(source_model) != presets.architecture(config.model):
+    raise ConfigError(f'init_from holds a {presets.model_name(source_model)} but the config '
+                      f'builds a {presets.model_name(config.model)}; set config.model to match')
+  params = dict(variables['params'])
+  if params['head']['kernel'].shape != state.params['head']['kernel'].shape:
+    params['head'] = jax.device_get(state.params['head'])  # new classes: fresh head
+  placed = parallel.put({'params': params, 'batch_stats': variables['batch_stats']},
+                        parallel.replicated(mesh))
+  return state.replace(params=placed['params'], batch_stats=placed['batch_stats'])
+
+
 # ----------------------------------------------------------------------------- loop
 
 
@@ -219,6 +254,8 @@ def _make_pipeline(config, mesh):
   dataset = datasets.load_in_memory(config.dataset, seed=config.seed)
   pipeline = input_pipeline.InMemoryInput(dataset, mesh, config.seed, config.batch_size,
                                           _eval_batch(config, mesh))
+  if config.dataset.normalization == 'imagenet':  # what torchvision's pretrained weights expect
+    return pipeline, dataset.num_classes, datasets.IMAGENET_MEAN, datasets.IMAGENET_STD
   return pipeline, dataset.num_classes, dataset.mean, dataset.std
 
 
@@ -270,8 +307,11 @@ def _train_and_evaluate(config, workdir: Path, preemption: _PreemptionFlag) -> d
   model = presets.build_model(config.model, num_classes, half_precision=config.half_precision,
                               bn_axis_name=DATA_AXIS if config.sync_batch_stats else None)
   multiplier = optim.lr_multiplier(config, steps_per_epoch, total_steps)
-  tx = optim.create_optimizer(config, steps_per_epoch, total_steps)
-  state = create_train_state(model, tx, config, mesh, config.dataset.image_size)
+  model_size = config.augment.resize_to or config.dataset.image_size
+  probe_mask = _head_only_mask(model, model_size) if config.finetune_mode == 'linear_probe' \
+      else None
+  tx = optim.create_optimizer(config, steps_per_epoch, total_steps, trainable_mask=probe_mask)
+  state = create_train_state(model, tx, config, mesh, model_size)
 
   ckpt = checkpoint.Checkpointer(workdir / 'checkpoints', max_to_keep=config.keep_checkpoints,
                                  best_metric='eval/accuracy', best_mode='max')
@@ -282,12 +322,18 @@ def _train_and_evaluate(config, workdir: Path, preemption: _PreemptionFlag) -> d
     if is_main:
       print(f'Resuming from checkpoint at step {restored[0]} (epoch '
             f'{restored[0] / steps_per_epoch:.2f}) in {workdir}', flush=True)
+  elif config.init_from:
+    state = load_pretrained(state, config, mesh)
+    if is_main:
+      print(f'Initialised from {config.init_from} ({config.finetune_mode} fine-tuning)',
+            flush=True)
 
   writer = metrics.MetricWriter(workdir, enabled=is_main)
   writer.write_config(config)
   progress = metrics.Progress(total_steps, config.batch_size, steps_per_epoch, enabled=is_main)
-  train_step = make_train_step(
-      make_local_train_step(model, tx, multiplier, config, mean, std, num_classes), mesh)
+  bn_and_dropout_train = config.finetune_mode == 'full'  # frozen BN: running statistics
+  train_step = make_train_step(make_local_train_step(
+      model, tx, multiplier, config, mean, std, num_classes, bn_and_dropout_train), mesh)
   eval_step = make_eval_step(model, config, mesh, mean, std, num_classes)
 
   step = int(jax.device_get(state.step))
