@@ -7,8 +7,8 @@ Variants:  :dropout  dropout 0.3 between the convolutions (the paper's best CIFA
            :quick    WRN-16-2, 2 epochs on 5,000 training images (CPU)
            Combine with commas: configs/wrn.py:dropout,quick
 Recipe:    SGD with Nesterov momentum 0.9, lr 0.1, weight decay 5e-4, batch 128, lr x0.2 at
-           epochs 60, 120 and 160, 200 epochs; 4-pixel pad, 32x32 crop, flip; per-channel
-           normalisation.
+           epochs 60, 120 and 160, 200 epochs; 4-pixel reflection pad, 32x32 crop, flip;
+           per-channel normalisation.
 Expected:  test error (paper Tables 4 and 6): WRN-28-10 4.17% on CIFAR-10 (20.50% on
            CIFAR-100); with dropout 3.89% (18.85%).
 Time:      :quick about 3 min on a 2-core CPU. The full run is 78,000 steps; at the issue's
@@ -33,6 +33,7 @@ def get_config(arg=None):
   config.lr_schedule = 'step'
   config.lr_boundaries_epochs = (60, 120, 160)
   config.lr_decay_factor = 0.2
+  config.augment.pad_mode = 'reflect'  # the paper pads with reflections
   if 'dropout' in variants:
     config.model.dropout_rate = 0.3
   if 'quick' in variants:

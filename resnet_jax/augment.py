@@ -16,8 +16,8 @@ from jax import lax
 
 
 def random_crop_flip(key: jax.Array, images: jax.Array, padding: int = 4,
-                     flip: bool = True) -> jax.Array:
-  """Zero-pads by `padding`, takes a random HxW crop and maybe mirrors it.
+                     flip: bool = True, pad_mode: str = 'constant') -> jax.Array:
+  """Pads by `padding`, takes a random HxW crop and maybe mirrors it.
 
   The CIFAR recipe of He et al. 2015 (arXiv:1512.03385, sec. 4.2): "4 pixels
   are padded on each side, and a 32x32 crop is randomly sampled from the
@@ -30,8 +30,10 @@ def random_crop_flip(key: jax.Array, images: jax.Array, padding: int = 4,
   Args:
     key: PRNG key.
     images: [N, H, W, C], any dtype (uint8 before normalisation).
-    padding: pixels of zero padding on each side; 0 disables cropping.
+    padding: pixels of padding on each side; 0 disables cropping.
     flip: whether to mirror each example with probability 1/2.
+    pad_mode: 'constant' (zeros, He et al.) or 'reflect' (Zagoruyko & Komodakis 2016
+      fill the border "with reflections of original image").
 
   Returns:
     Array with the shape and dtype of `images`.
@@ -41,7 +43,7 @@ def random_crop_flip(key: jax.Array, images: jax.Array, padding: int = 4,
   out = images
   if padding > 0:
     padded = jnp.pad(
-        images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+        images, ((0, 0), (padding, padding), (padding, padding), (0, 0)), mode=pad_mode)
     offsets = jax.random.randint(crop_key, (batch, 2), 0, 2 * padding + 1)
 
     def crop_one(image, offset):

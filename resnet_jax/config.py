@@ -31,7 +31,8 @@ def default_config() -> ml_collections.ConfigDict:
   ))
   # He et al. 2015 CIFAR augmentation, applied on the device inside the train step.
   config.augment = ml_collections.ConfigDict(dict(
-      crop_padding=4,  # zero-pad then random crop back to image_size; 0 = off
+      crop_padding=4,  # pad then random crop back to image_size; 0 = off
+      pad_mode='constant',  # 'constant' (zeros, He et al.) | 'reflect' (WRN)
       flip=True,  # random horizontal flip
       cutout=0,  # side of a cutout square (DeVries & Taylor 2017); 0 = off
       resize_to=0,  # resize on the device to this side (e.g. 32 px up to 224); 0 = off
@@ -121,6 +122,9 @@ def validate(config) -> None:
     boundaries = list(config[key])
     if boundaries != sorted(boundaries) or any(b <= 0 for b in boundaries):
       raise ConfigError(f'{key}={tuple(boundaries)} must be increasing and > 0')
+  if config.augment.pad_mode not in ('constant', 'reflect'):
+    raise ConfigError(f'augment.pad_mode={config.augment.pad_mode!r} is not valid; allowed: '
+                      "'constant', 'reflect'")
   if config.augment.crop_padding < 0 or config.augment.cutout < 0:
     raise ConfigError('augment.crop_padding and augment.cutout must be >= 0')
   if config.dataset.image_size < 8:

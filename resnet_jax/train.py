@@ -54,8 +54,8 @@ def _device_images(images_uint8, keys, config, mean, std, dtype):
   """Augments (when `keys` is given) and normalises one device's uint8 images."""
   if keys is not None and (config.augment.crop_padding or config.augment.flip):
     images_uint8 = jax.vmap(lambda key, image: augment.random_crop_flip(
-        key, image[None], config.augment.crop_padding, config.augment.flip)[0])(
-            keys, images_uint8)
+        key, image[None], config.augment.crop_padding, config.augment.flip,
+        config.augment.pad_mode)[0])(keys, images_uint8)
   images = augment.normalize(images_uint8, mean, std, dtype)
   if keys is not None and config.augment.cutout:
     images = jax.vmap(lambda key, image: augment.cutout(

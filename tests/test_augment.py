@@ -135,3 +135,15 @@ def test_augmentations_run_under_jit_and_on_each_shard_of_a_split_batch():
 
   assert out.shape == (4, 4, 8, 8, 3) and out.dtype == jnp.float32
   np.testing.assert_array_equal(out[1], per_shard(keys[1], images[4:8]))
+
+
+def test_reflection_padding_fills_the_border_with_the_mirrored_image():
+  """WRN's recipe: a crop shifted by the full padding shows reflected pixels, not zeros."""
+  images = jnp.arange(1, 1 + 6 * 6, dtype=jnp.float32).reshape(1, 6, 6, 1)
+  for seed in range(40):
+    out = augment.random_crop_flip(jax.random.PRNGKey(seed), images, padding=2, flip=False,
+                           pad_mode='reflect')
+    assert float(jnp.min(out)) > 0  # never a zero
+    reflected = jnp.pad(images, ((0, 0), (2, 2), (2, 2), (0, 0)), mode='reflect')
+    windows = [reflected[:, i:i + 6, j:j + 6] for i in range(5) for j in range(5)]
+    assert any(bool(jnp.array_equal(out, w)) for w in windows)
