@@ -260,45 +260,67 @@ def test_batch_size_must_split_evenly_over_the_devices(tmp_path):
 # ----------------------------------------------------------------------------- processes
 
 
-def test_rerunning_after_kill_9_resumes_and_ends_with_the_same_parameters(tmp_path):
-  code, output = run_launch(tmp_path / 'uninterrupted')
+CALM = {'learning_rate': 0.01}  # a calm trajectory, so float reassociation stays small
+
+
+@pytest.fixture(scope='module')
+def reference_run(tmp_path_factory):
+  """One uninterrupted 12-step run on 8 devices, the yardstick of the process tests."""
+  workdir = tmp_path_factory.mktemp('reference')
+  code, output = run_launch(workdir, overrides=CALM)
   assert code == 0, output
-  process = launch(tmp_path / 'killed')
-  checkpoints = tmp_path / 'killed' / 'checkpoints'
+  return workdir
+
+
+def copy_of(run: Path, destination: Path, keep_steps) -> Path:
+  """A copy of a finished run cut back to the checkpoints in `keep_steps`."""
+  import shutil
+  shutil.copytree(run, destination)
+  (destination / 'results.json').unlink()
+  for path in (destination / 'checkpoints').iterdir():
+    if path.name.isdigit() and int(path.name) not in keep_steps:
+      shutil.rmtree(path)
+  return destination
+
+
+def test_rerunning_after_kill_9_resumes_and_ends_with_the_same_parameters(tmp_path,
+                                                                          reference_run):
+  process = launch(tmp_path, overrides=CALM)
+  checkpoints = tmp_path / 'checkpoints'
   deadline = time.time() + 300
-  while not (checkpoints / '8').exists() and time.time() < deadline:
-    time.sleep(0.05)
+  while not (checkpoints / '4').exists() and time.time() < deadline:
+    time.sleep(0.02)
   process.send_signal(signal.SIGKILL)
   process.wait()
-  code, output = run_launch(tmp_path / 'killed')
+  assert not (tmp_path / 'results.json').exists()  # it really died mid-run
+  code, output = run_launch(tmp_path, overrides=CALM)
   assert code == 0, output
   assert 'Resuming from checkpoint at step' in output
-  step_a, params_a = final_params(tmp_path / 'uninterrupted')
-  step_b, params_b = final_params(tmp_path / 'killed')
+  step_a, params_a = final_params(reference_run)
+  step_b, params_b = final_params(tmp_path)
   assert step_a == step_b == 12
   assert_trees_equal(params_a, params_b)
 
 
-def test_a_checkpoint_written_on_8_devices_resumes_on_1(tmp_path):
-  code, output = run_launch(tmp_path, devices=8, overrides={'num_train_steps': 4})
-  assert code == 0, output
-  code, output = run_launch(tmp_path, devices=1, overrides={'num_train_steps': 8})
+def test_a_checkpoint_written_on_8_devices_resumes_on_1(tmp_path, reference_run):
+  workdir = copy_of(reference_run, tmp_path / 'run', keep_steps={4})
+  code, output = run_launch(workdir, devices=1, overrides={**CALM, 'num_train_steps': 8})
   assert code == 0, output
   assert 'Resuming from checkpoint at step 4' in output
-  assert final_params(tmp_path)[0] == 8
+  assert final_params(workdir)[0] == 8
 
 
-def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path):
-  code, output = run_launch(tmp_path, overrides={'num_train_steps': 8})
-  assert code == 0, output
-  latest = tmp_path / 'checkpoints' / '8'
+def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, reference_run):
+  workdir = copy_of(reference_run, tmp_path / 'run', keep_steps={4, 8})
+  latest = workdir / 'checkpoints' / '8'
   for path in (latest / 'state').rglob('*'):
     if path.is_file() and path.stat().st_size > 0 and 'ocdbt' in str(path):
       path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-  code, output = run_launch(tmp_path, overrides={'num_train_steps': 12})
+  code, output = run_launch(workdir, overrides={**CALM, 'num_train_steps': 8})
   assert code == 0, output
   assert 'Resuming from checkpoint at step 4' in output
-  assert final_params(tmp_path)[0] == 12
+  assert final_params(workdir)[0] == 8
+  assert list((workdir / 'checkpoints').glob('8.corrupt-*'))  # kept aside, not deleted
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
@@ -316,24 +338,21 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
   assert (tmp_path / 'checkpoints' / str(saved)).exists()
 
 
-def test_two_processes_match_one_process_with_the_same_total_devices(tmp_path):
+def test_two_processes_match_one_process_with_the_same_total_devices(tmp_path, reference_run):
   """jax.distributed on 127.0.0.1 with gloo: 2 processes x 4 devices == 1 process x 8.
 
   Equal up to float reassociation in the cross-process reductions: 1e-4 absolute after 12
   steps.
   """
-  overrides = {'learning_rate': 0.01}  # a calm trajectory, so reassociation stays small
-  code, output = run_launch(tmp_path / 'one', overrides=overrides)
-  assert code == 0, output
   from portpicker import pick_unused_port
   address = f'127.0.0.1:{pick_unused_port()}'
-  processes = [launch(tmp_path / 'two', devices=4, overrides=overrides, extra=(
+  processes = [launch(tmp_path, devices=4, overrides=CALM, extra=(
       f'--coordinator_address={address}', '--num_processes=2', f'--process_id={i}'))
                for i in range(2)]
   outputs = [p.communicate(timeout=600)[0] for p in processes]
   assert [p.returncode for p in processes] == [0, 0], outputs
-  step_one, params_one = final_params(tmp_path / 'one')
-  step_two, params_two = final_params(tmp_path / 'two')
+  step_one, params_one = final_params(reference_run)
+  step_two, params_two = final_params(tmp_path)
   assert step_one == step_two == 12
   assert_trees_equal(params_one, params_two, rtol=1e-4, atol=1e-4)
 
