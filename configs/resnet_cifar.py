@@ -8,8 +8,10 @@ Recipe:    SGD momentum 0.9, weight decay 1e-4, batch 128, lr 0.1 divided by 10 
            48k iterations, 64k iterations; 4-pixel pad, 32x32 crop, flip; option A shortcuts.
            (The paper trains on 45k images and validates on 5k; this trains on all 50k.)
 Expected:  test error (paper Table 6): ResNet-20 8.75%, 32 7.51%, 44 7.17%, 56 6.97%,
-           110 6.43%, 1202 7.93%. :quick reaches about 45-55% accuracy.
-Time:      :quick about 2-3 min on a 2-core CPU; see README for measured GPU figures.
+           110 6.43%, 1202 7.93%. :quick on ../shared/data/cifar10-jpg.tar.gz: 38.65% test
+           accuracy (measured; 10% is chance).
+Time:      :quick 2 min 14 s on a 2-core CPU (194 img/s, measured); the full recipe has not
+           been timed on a GPU yet.
 """
 
 from resnet_jax import config as config_lib
