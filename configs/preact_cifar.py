@@ -9,7 +9,9 @@ Recipe:    as He et al. 2015: SGD momentum 0.9, weight decay 1e-4, batch 128, lr
            shape changes; a one-epoch warm-up (the paper holds lr at 0.01 for ~400 iterations;
            here the warm-up is linear).
 Expected:  test error (paper Tables 2-3): ResNet-110 6.37%, ResNet-164 5.46%, ResNet-1001 4.92%.
-Time:      :quick about 2-3 min on a 2-core CPU; see README for measured GPU figures.
+           :quick on ../shared/data/cifar10-jpg.tar.gz: 41.96% test accuracy (measured).
+Time:      :quick 3 min 8 s on a 2-core CPU shared with other jobs (149 img/s, measured);
+           the full recipe has not been timed on a GPU yet.
 """
 
 from resnet_jax import config as config_lib
