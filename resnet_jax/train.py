@@ -51,7 +51,7 @@ def cross_entropy(logits, labels, num_classes: int, label_smoothing: float = 0.0
   return optax.softmax_cross_entropy(logits, targets)
 
 
-def _device_images(images_uint8, keys, config, mean, std, dtype):
+def device_images(images_uint8, keys, config, mean, std, dtype):
   """Augments (when `keys` is given) and normalises one device's uint8 images."""
   if keys is not None and (config.augment.crop_padding or config.augment.flip):
     images_uint8 = jax.vmap(lambda key, image: augment.random_crop_flip(
@@ -87,7 +87,7 @@ def make_local_train_step(model, tx, multiplier, config, mean, std, num_classes:
     augment_key, dropout_key = jax.random.split(step_key)
     positions = lax.axis_index(DATA_AXIS) * local_size + jnp.arange(local_size)
     keys = jax.vmap(lambda p: jax.random.fold_in(augment_key, p))(positions)
-    inputs = _device_images(images, keys, config, mean, std, dtype)
+    inputs = device_images(images, keys, config, mean, std, dtype)
     dropout_key = jax.random.fold_in(dropout_key, lax.axis_index(DATA_AXIS))
 
     def loss_fn(params):
@@ -132,7 +132,7 @@ def make_eval_step(model, config, mesh, mean, std, num_classes: int):
 
   def local_eval(state: TrainState, arrays, batch):
     images, labels = input_pipeline.local_batch(arrays, batch)
-    inputs = _device_images(images, None, config, mean, std, dtype)
+    inputs = device_images(images, None, config, mean, std, dtype)
     logits = model.apply({'params': state.params, 'batch_stats': state.batch_stats}, inputs,
                          train=False)
     mask = batch['mask'].astype(jnp.float32)
@@ -222,7 +222,7 @@ def load_pretrained(state: TrainState, config, mesh) -> TrainState:
 # ----------------------------------------------------------------------------- loop
 
 
-class _PreemptionFlag:
+class PreemptionFlag:
   """Set by SIGTERM (cluster preemption); the loop saves a checkpoint and exits cleanly."""
 
   def __init__(self):
@@ -249,18 +249,18 @@ def _make_pipeline(config, mesh):
     num_classes = datasets.num_classes(config.dataset)
     split_sizes = datasets.imagenet_split_sizes(config.dataset)
     pipeline = input_pipeline.StreamingInput(
-        config.dataset, mesh, config.seed, config.batch_size, _eval_batch(config, mesh),
+        config.dataset, mesh, config.seed, config.batch_size, eval_batch(config, mesh),
         num_train=split_sizes['train'], num_test=split_sizes['validation'])
     return pipeline, num_classes, datasets.IMAGENET_MEAN, datasets.IMAGENET_STD
   dataset = datasets.load_in_memory(config.dataset, seed=config.seed)
   pipeline = input_pipeline.InMemoryInput(dataset, mesh, config.seed, config.batch_size,
-                                          _eval_batch(config, mesh))
+                                          eval_batch(config, mesh))
   if config.dataset.normalization == 'imagenet':  # what torchvision's pretrained weights expect
     return pipeline, dataset.num_classes, datasets.IMAGENET_MEAN, datasets.IMAGENET_STD
   return pipeline, dataset.num_classes, dataset.mean, dataset.std
 
 
-def _eval_batch(config, mesh) -> int:
+def eval_batch(config, mesh) -> int:
   """The eval batch, rounded up to a multiple of the device count (padding is masked)."""
   return -(-config.eval_batch_size // mesh.size) * mesh.size
 
@@ -284,14 +284,14 @@ def train_and_evaluate(config, workdir) -> dict[str, Any]:
   """Trains and evaluates; resumes from the newest good checkpoint in `workdir`."""
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  preemption = _PreemptionFlag()  # first, so a SIGTERM during start-up is not lost
+  preemption = PreemptionFlag()  # first, so a SIGTERM during start-up is not lost
   try:
     return _train_and_evaluate(config, workdir, preemption)
   finally:
     preemption.restore()
 
 
-def _train_and_evaluate(config, workdir: Path, preemption: _PreemptionFlag) -> dict[str, Any]:
+def _train_and_evaluate(config, workdir: Path, preemption: PreemptionFlag) -> dict[str, Any]:
   is_main = jax.process_index() == 0
   mesh = parallel.data_mesh()
   parallel.check_divisible(config.batch_size, 'batch_size', mesh)
@@ -346,7 +346,7 @@ def _train_and_evaluate(config, workdir: Path, preemption: _PreemptionFlag) -> d
       print(f'already complete at step {step}: {results_file}', flush=True)
     return results
   start_time = time.time()
-  clock = _TrainClock(config.batch_size)
+  clock = TrainClock(config.batch_size)
   pending: list[dict] = []
   train_metrics: dict[str, float] = {}
   eval_metrics: dict[str, float] = {}
@@ -392,7 +392,7 @@ def _train_and_evaluate(config, workdir: Path, preemption: _PreemptionFlag) -> d
     eval_metrics = evaluate(eval_step, state, pipeline, num_classes)
   if not is_main:
     return {'step': step}
-  results = _final_results(config, step, eval_metrics, train_metrics, workdir,
+  results = final_results(config, step, eval_metrics, train_metrics, workdir,
                            time.time() - start_time, clock)
   results_file.write_text(json.dumps(results, indent=2) + '\n')
   print(f'done: {results["model"]} | step {step}/{total_steps} | test accuracy '
@@ -403,7 +403,7 @@ def _train_and_evaluate(config, workdir: Path, preemption: _PreemptionFlag) -> d
   return results
 
 
-class _TrainClock:
+class TrainClock:
   """Training throughput with compilation and evaluation left out.
 
   The first step of a segment (which compiles) is timed on its own; evaluation runs with
@@ -445,21 +445,23 @@ class _TrainClock:
     self._interval_start = time.time()
 
 
-def _best_logged_accuracy(workdir: Path, fallback: float) -> float:
-  """The best eval accuracy in metrics.jsonl, which spans every resumed segment of the run."""
-  best = fallback
+def _logged(workdir: Path) -> list[dict]:
+  """Every record of metrics.jsonl, which spans all resumed segments of a run."""
   with open(workdir / metrics.METRICS_FILE, encoding='utf-8') as lines:
-    for line in lines:
-      accuracy = json.loads(line).get('eval/accuracy')
-      if accuracy is not None and (np.isnan(best) or accuracy > best):
-        best = accuracy
-  return best
+    return [json.loads(line) for line in lines]
 
 
-def _final_results(config, step, eval_metrics, train_metrics, workdir, wall_s,
-                   clock: _TrainClock) -> dict[str, Any]:
+def final_results(config, step, eval_metrics, train_metrics, workdir, wall_s,
+                  clock: TrainClock) -> dict[str, Any]:
+  """What results.json holds: final and best test error, final train error, speed."""
+  records = _logged(workdir)
   accuracy = eval_metrics.get('eval/accuracy', float('nan'))
-  best_accuracy = _best_logged_accuracy(workdir, accuracy)
+  logged_accuracies = [r['eval/accuracy'] for r in records if r.get('eval/accuracy') is not None]
+  best_accuracy = max(logged_accuracies + [accuracy], key=lambda a: -1 if np.isnan(a) else a)
+  if not train_metrics:  # resumed from the final checkpoint: the last logged train metrics
+    last = next((r for r in reversed(records) if 'train/loss' in r), {})
+    train_metrics = {k.removeprefix('train/'): v for k, v in last.items()
+                     if k.startswith('train/') and v is not None}
   return {
       'model': presets.model_name(config.model),
       'step': step,

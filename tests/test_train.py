@@ -166,7 +166,7 @@ def test_inputs_can_be_resized_on_the_device_to_a_pretrained_backbones_resolutio
   images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
   keys = jax.random.split(jax.random.PRNGKey(0), 4)
   for example_keys in (keys, None):  # train (augmented) and eval
-    out = train._device_images(jnp.asarray(images), example_keys, config, (0.5,) * 3,
+    out = train.device_images(jnp.asarray(images), example_keys, config, (0.5,) * 3,
                                (0.25,) * 3, jnp.float32)
     assert out.shape == (4, 64, 64, 3) and out.dtype == jnp.float32
 

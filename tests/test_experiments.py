@@ -1,0 +1,148 @@
+"""The ablation experiments: every variant expands to valid points, every analysis draws its
+figures and tables, and one quick experiment runs end to end through the sweep runner."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from resnet_jax import presets, sweep
+from resnet_jax.presets import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+CIFAR = Path(__file__).resolve().parents[2] / 'shared/data/cifar10-jpg.tar.gz'
+NAMES = ('degradation', 'shortcuts', 'preact', 'wrn_width', 'gradient_flow', 'identity')
+TRAINED = ('degradation', 'shortcuts', 'preact', 'wrn_width', 'identity')
+
+
+def experiment(name):
+  return sweep.load_module(ROOT / 'experiments' / f'{name}.py')
+
+
+@pytest.fixture(autouse=True)
+def private_caches(tmp_path_factory, monkeypatch):
+  monkeypatch.setenv('RESNET_JAX_CACHE', str(tmp_path_factory.getbasetemp() / 'cache'))
+
+
+@pytest.mark.parametrize('name', NAMES)
+@pytest.mark.parametrize('arg', [None, 'quick', 'quick,seeds=2'])
+def test_every_variant_expands_to_valid_points(name, arg, tmp_path):
+  module = experiment(name)
+  runs = sweep.expand(module.get_config(arg), module.get_sweep(arg), tmp_path)
+  assert len({run.name for run in runs}) == len(runs) >= 2
+  if arg and 'seeds=2' in arg:
+    assert {run.overrides['seed'] for run in runs} == {0, 1}
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_quick_variants_are_cpu_sized_and_documented(name):
+  module = experiment(name)
+  quick = module.get_config('quick')
+  assert 0 < quick.dataset.max_train_examples <= 5000
+  assert len(module.get_sweep('quick')) <= 6
+  for section in ('Command:', 'Expected:', 'Time:', ':quick'):
+    assert section in module.__doc__, section
+
+
+def test_the_default_variants_follow_the_papers():
+  degradation = experiment('degradation')
+  points = degradation.get_sweep()
+  assert sorted({p['model.depth'] for p in points}) == [20, 32, 44, 56, 110]
+  assert degradation.get_config().num_train_steps == 64_000
+  assert {(p['model.depth'], p['model.block']) for p in experiment('preact').get_sweep()} == {
+      (110, 'basic'), (164, 'bottleneck')}
+  widths = experiment('wrn_width').get_sweep()
+  assert len(widths) == 20 and {p['model.depth'] for p in widths} == {16, 22, 28, 40}
+
+
+def test_an_unknown_experiment_argument_is_one_clear_line():
+  with pytest.raises(ConfigError, match="unknown experiment argument 'quik'"):
+    experiment('degradation').get_config('quik')
+
+
+# ----------------------------------------------------------------------------- analyses
+
+
+def fake_results(runs, rng):
+  """results.json and metrics.jsonl as a finished run writes them, with made-up numbers."""
+  for run in runs:
+    run.workdir.mkdir(parents=True)
+    error = float(rng.uniform(0.05, 0.5))
+    (run.workdir / 'results.json').write_text(json.dumps({
+        'model': presets.model_name(run.config.model), 'step': 100, 'test_error': error,
+        'test_accuracy': 1 - error, 'best_test_error': error, 'train_error': error / 2,
+        'test_loss': 1.0, 'train_loss': 0.5, 'wall_s': 60.0, 'img_per_s': 500.0}))
+    lines = [{'step': s, 'train/accuracy': s / 200, 'epoch': s / 50} for s in (20, 60, 100)]
+    lines.append({'step': 100, 'eval/accuracy': 1 - error, 'eval/loss': 1.0, 'epoch': 2.0})
+    (run.workdir / 'metrics.jsonl').write_text('\n'.join(json.dumps(l) for l in lines) + '\n')
+
+
+@pytest.mark.parametrize('name', ('degradation', 'shortcuts', 'preact', 'wrn_width'))
+def test_each_analysis_draws_its_figures_and_table(name, tmp_path):
+  module = experiment(name)
+  runs = sweep.expand(module.get_config('quick,seeds=2'), module.get_sweep('quick,seeds=2'),
+                      tmp_path)
+  fake_results(runs, np.random.default_rng(0))
+  section = module.analyze(tmp_path, runs)
+  assert section.startswith('## ') and '|---|' in section and ' ± ' in section
+  for figure in [line[line.index('(') + 1:-1] for line in section.splitlines()
+                 if line.startswith('![')]:
+    assert (tmp_path / figure).stat().st_size > 10_000, figure
+
+
+def test_identity_measures_every_block_of_a_network(tmp_path):
+  import jax
+  identity = experiment('identity')
+  for shortcut, preact in (('A', False), ('none', False), ('B', True)):
+    config = identity.get_config('quick')
+    config.model.depth, config.model.shortcut, config.model.preact = 8, shortcut, preact
+    model = presets.build_model(config.model, 10)
+    images = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
+    variables = model.init(jax.random.key(1), images, train=False)
+    rows = identity.branch_responses(config, variables, images, 10)
+    assert [row['block'] for row in rows] == ['stage1_block0', 'stage2_block0', 'stage3_block0']
+    assert all(row['ratio'] > 0 and row['std'] > 0 for row in rows)
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def test_gradient_flow_quick_runs_end_to_end(tmp_path):
+  """The quick variant's six points on a tiny image folder: gradients, CSV, report, figures."""
+  sys.path.insert(0, str(ROOT / 'tests'))
+  from test_sweep import write_image_folder  # pylint: disable=g-import-not-at-top
+  data = write_image_folder(tmp_path / 'data', per_class=4, test_per_class=1)
+  module = experiment('gradient_flow')
+  config = sweep.apply_overrides(module.get_config('quick'), {
+      'dataset.name': 'folder', 'dataset.path': str(data), 'dataset.max_train_examples': 40,
+      'batch_size': 8, 'num_train_steps': 2})
+  rows = sweep.main(config, str(ROOT / 'experiments/gradient_flow.py:quick'), tmp_path / 'w')
+  assert [row['status'] for row in rows] == ['done'] * 6
+  depths = {row['model.depth'] for row in rows}
+  assert depths == set(module.QUICK_DEPTHS)
+  for row in rows:
+    gradients = json.loads((tmp_path / 'w' / row['name'] / 'gradients.json').read_text())
+    assert [r['step'] for r in gradients['records']] == [0, 1, 2]
+    assert len(gradients['records'][0]['block_grad_norm']) == (row['model.depth'] - 2) // 2
+  report = (tmp_path / 'w' / 'report.md').read_text()
+  assert '## Gradient flow' in report and 'gradient_flow_init.png' in report
+  for figure in ('gradient_flow_init.png', 'gradient_flow_layers.png', 'gradient_flow_steps.png'):
+    assert (tmp_path / 'w' / figure).exists()
+
+
+@pytest.mark.skipif(not CIFAR.exists(), reason=f'real CIFAR-10 not found at {CIFAR}')
+def test_at_initialisation_residual_nets_spread_gradients_more_evenly_than_plain_ones(
+    tmp_path, monkeypatch):
+  """He et al. 2016, Eq. 5: identity skips carry the deep gradient to every block."""
+  monkeypatch.delenv('RESNET_JAX_CACHE')  # the decoded copy in the user's cache, if any
+  module = experiment('gradient_flow')
+  config = module.get_config('quick')
+  config = sweep.apply_overrides(config, {'dataset.path': str(CIFAR), 'num_train_steps': 0,
+                                          'model.depth': 20})
+  ratios = {}
+  for shortcut in ('none', 'A'):
+    point = sweep.apply_overrides(config, {'model.shortcut': shortcut})
+    ratios[shortcut] = module.run_point(point, tmp_path / shortcut)['block_grad_ratio_at_init']
+  assert ratios['A'] < ratios['none']
