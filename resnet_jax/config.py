@@ -67,6 +67,9 @@ def default_config() -> ml_collections.ConfigDict:
 
   config.init_from = ''  # a converted or trained checkpoint directory to start from
   config.finetune_mode = 'full'  # full | linear_probe | frozen_bn
+
+  config.bench_warmup_steps = 2  # --mode=bench: untimed steps after compilation
+  config.bench_steps = 10  # --mode=bench: timed steps
   return config
 
 
