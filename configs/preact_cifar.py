@@ -22,24 +22,9 @@ def get_config(arg=None):
   variants = config_lib.variants(arg, ('quick',))
   config = config_lib.default_config()
   config.model = presets.preset('preact_resnet164')
-  config.batch_size = 128
-  config.learning_rate = 0.1
-  config.momentum = 0.9
-  config.nesterov = False
-  config.weight_decay = 1e-4
-  config.num_train_steps = 64_000
-  config.lr_boundaries_steps = (32_000, 48_000)
-  config.lr_decay_factor = 0.1
-  config.warmup_epochs = 1.0
+  config_lib.he_et_al_cifar_recipe(config, quick='quick' in variants)
+  config.warmup_epochs = 0.0 if 'quick' in variants else 1.0
   if 'quick' in variants:
     config.model.depth = 20
     config.model.block = 'basic'
-    config.dataset.max_train_examples = 10_000
-    config.num_train_steps = -1
-    config.num_epochs = 2
-    config.lr_schedule = 'cosine'
-    config.lr_boundaries_steps = ()
-    config.warmup_epochs = 0.0
-    config.log_every_steps = 20
-    config.checkpoint_every_steps = 100
   return config
