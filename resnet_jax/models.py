@@ -22,6 +22,7 @@ import functools
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from resnet_jax import layers
@@ -148,6 +149,16 @@ class ResidualBlock(nn.Module):
     return nn.relu(y) if self.post_add_activation else y
 
 
+class _RepeatedBlock(nn.Module):
+  """One step of a scan over a stage's identical blocks: (x, None) -> (block(x), None)."""
+  block: Callable[..., ResidualBlock]
+  train: bool
+
+  @nn.compact
+  def __call__(self, x, _):
+    return self.block(strides=1, name='block')(x, self.train), None
+
+
 class ResNet(nn.Module):
   """Stem, residual stages, (final BN-ReLU for pre-activation), global pool, linear head.
 
@@ -171,6 +182,9 @@ class ResNet(nn.Module):
   bn_epsilon: float = 1e-5
   bn_axis_name: str | None = None  # set to the data axis to sync BN statistics across devices
   dtype: Any = jnp.float32  # compute dtype; parameters and BN statistics stay float32
+  # Run each stage's blocks after the first (all alike) as one scan: compile time no longer
+  # grows with depth. Their parameters are then stacked under stage<s>_blocks/block.
+  scan_blocks: bool = False
 
   def _norm(self, train: bool):
     batch_norm = layers.BatchNorm if layers.on_cpu() else nn.BatchNorm  # same variables
@@ -200,8 +214,13 @@ class ResNet(nn.Module):
           zero_init_residual=self.zero_init_residual, dropout_rate=self.dropout_rate,
           norm=norm, dtype=self.dtype)
       x = block(strides=2 if stage > 1 else 1, name=f'stage{stage}_block0')(x, train)
-      for index in range(1, num_blocks):
-        x = block(strides=1, name=f'stage{stage}_block{index}')(x, train)
+      if self.scan_blocks and num_blocks > 1:
+        x, _ = nn.scan(_RepeatedBlock, variable_axes={'params': 0, 'batch_stats': 0},
+                       split_rngs={'params': True, 'dropout': True}, length=num_blocks - 1)(
+                           block=block, train=train, name=f'stage{stage}_blocks')(x, None)
+      else:
+        for index in range(1, num_blocks):
+          x = block(strides=1, name=f'stage{stage}_block{index}')(x, train)
       self.sow('intermediates', f'stage{stage}', x)
 
     if self.preact:
@@ -211,3 +230,22 @@ class ResNet(nn.Module):
                       name='head')(x)
     self.sow('intermediates', 'logits', logits)
     return logits.astype(jnp.float32)
+
+
+def stack_repeated_blocks(collection: dict) -> dict:
+  """One variable collection of an unrolled ResNet in the layout of `scan_blocks=True`.
+
+  Blocks 1.. of each stage (`stage<s>_block<i>`) are stacked along a new leading axis under
+  `stage<s>_blocks/block`; block 0 and everything else are kept. Used to start a scanned
+  model from converted or unrolled weights.
+  """
+  stacked = {name: value for name, value in collection.items() if not name.startswith('stage')}
+  stages = sorted({name.split('_')[0] for name in collection if name.startswith('stage')})
+  for stage in stages:
+    blocks = sorted((name for name in collection if name.startswith(f'{stage}_block')),
+                    key=lambda name: int(name.rsplit('block', 1)[1]))
+    stacked[blocks[0]] = collection[blocks[0]]
+    if len(blocks) > 1:
+      stacked[f'{stage}_blocks'] = {'block': jax.tree.map(
+          lambda *leaves: jnp.stack(leaves), *(collection[name] for name in blocks[1:]))}
+  return stacked

@@ -49,6 +49,7 @@ def default_model_config() -> ml_collections.ConfigDict:
       zero_init_residual=False,  # zero-init the last BN scale of each residual branch
       post_add_activation=True,  # post-activation blocks: ReLU after the addition
       stride_on_first_1x1=False,  # bottleneck: stride on the first 1x1 (2015 paper) not the 3x3
+      scan_blocks=False,  # scan each stage's repeated blocks: fast compiles of very deep nets
   ))
 
 
@@ -140,7 +141,8 @@ def architecture(model_config) -> dict[str, Any]:
       stem_width=stem_width, shortcut=cfg.shortcut, preact=cfg.preact,
       width=cfg.width if cfg.block == 'bottleneck' else 1,
       stride_on_first_1x1=cfg.stride_on_first_1x1, post_add_activation=cfg.post_add_activation,
-      zero_init_residual=cfg.zero_init_residual, dropout_rate=float(cfg.dropout_rate))
+      zero_init_residual=cfg.zero_init_residual, dropout_rate=float(cfg.dropout_rate),
+      scan_blocks=bool(cfg.scan_blocks))
 
 
 def build_model(model_config, num_classes: int, *, half_precision: bool = False,

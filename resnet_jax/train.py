@@ -25,7 +25,7 @@ from jax import lax
 from jax.sharding import PartitionSpec as P
 
 from resnet_jax import augment, checkpoint, datasets, input_pipeline, metrics, optim, parallel
-from resnet_jax import presets
+from resnet_jax import models, presets
 from resnet_jax.parallel import DATA_AXIS
 from resnet_jax.presets import ConfigError
 
@@ -208,9 +208,13 @@ def load_pretrained(state: TrainState, config, mesh) -> TrainState:
   except (FileNotFoundError, convert.ConversionError) as error:
     raise ConfigError(f'init_from={config.init_from!r}: {error}; make one with '
                       'python -m resnet_jax.convert') from None
-  if presets.architecture(source_model) != presets.architecture(config.model):
+  layout_free = lambda model_config: {**presets.architecture(model_config), 'scan_blocks': False}
+  if layout_free(source_model) != layout_free(config.model):
     raise ConfigError(f'init_from holds a {presets.model_name(source_model)} but the config '
                       f'builds a {presets.model_name(config.model)}; set config.model to match')
+  if config.model.scan_blocks and not source_model.get('scan_blocks', False):
+    variables = {name: models.stack_repeated_blocks(collection)
+                 for name, collection in variables.items()}
   params = dict(variables['params'])
   if params['head']['kernel'].shape != state.params['head']['kernel'].shape:
     params['head'] = jax.device_get(state.params['head'])  # new classes: fresh head

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from resnet_jax import convert, presets, train
+from resnet_jax import convert, models, presets, train
 from test_train import tiny_config
 
 
@@ -22,10 +22,11 @@ def pretrained(tmp_path_factory):
   return directory, jax.device_get(variables)
 
 
-def finetune(tmp_path, directory, mode):
+def finetune(tmp_path, directory, mode, **model_overrides):
   config = tiny_config(**{'init_from': str(directory), 'finetune_mode': mode,
                           'dataset.normalization': 'imagenet', 'num_train_steps': 2})
   config.model = presets.preset('resnet18')
+  config.model.update(model_overrides)
   train.train_and_evaluate(config, tmp_path)
   from test_train import final_params
   import orbax.checkpoint as ocp
@@ -48,6 +49,14 @@ def test_a_linear_probe_trains_a_new_head_and_freezes_everything_else(tmp_path, 
   assert params['head']['kernel'].shape == (512, 10)  # replaced for the 10 new classes
   assert not changed(backbone(params), backbone(source['params']))
   assert not changed(stats, source['batch_stats'])
+
+
+def test_a_scanned_model_starts_from_unrolled_weights_stacked(tmp_path, pretrained):
+  directory, source = pretrained
+  params, stats = finetune(tmp_path, directory, 'linear_probe', scan_blocks=True)
+  assert 'stage2_blocks' in params
+  assert not changed(backbone(params), backbone(models.stack_repeated_blocks(source['params'])))
+  assert not changed(stats, models.stack_repeated_blocks(source['batch_stats']))
 
 
 def test_frozen_bn_trains_the_weights_but_keeps_the_running_statistics(tmp_path, pretrained):

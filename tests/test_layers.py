@@ -10,7 +10,7 @@ import pytest
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
-from resnet_jax import layers, parallel
+from resnet_jax import layers, models, parallel, presets
 
 
 def xla_conv(x, w, strides, padding):
@@ -98,3 +98,31 @@ def test_batch_norm_gradients_match_across_devices(axis_name):
 
   assert_close(grads(layers.BatchNorm(axis_name=axis_name)),
                grads(nn.BatchNorm(axis_name=axis_name)))
+
+
+@pytest.mark.parametrize('name', ['resnet20', 'preact_resnet164'])
+def test_scanned_stages_compute_the_same_network(name):
+  config = presets.preset(name)
+  unrolled = presets.build_model(config, 10)
+  config.scan_blocks = True
+  scanned = presets.build_model(config, 10)
+  x = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
+  variables = unrolled.init(jax.random.key(1), x[:1], train=False)
+  per_collection = lambda collections: {k: models.stack_repeated_blocks(v) for k, v in collections.items()}
+  stacked = per_collection(variables)
+  assert (jax.tree.structure(stacked) ==
+          jax.tree.structure(jax.eval_shape(
+              lambda: scanned.init(jax.random.key(1), x[:1], train=False))))
+
+  def loss(model, variables):
+    def apply(params):
+      logits, updates = model.apply({**variables, 'params': params}, x, train=True,
+                                    mutable=['batch_stats'])
+      return jnp.sum(jnp.sin(logits)), updates
+    return jax.value_and_grad(apply, has_aux=True)(variables['params'])
+
+  (value, updates), grads = loss(unrolled, variables)
+  (scanned_value, scanned_updates), scanned_grads = loss(scanned, stacked)
+  assert_close(scanned_value, value, rtol=1e-5, atol=1e-5)
+  assert_close(scanned_updates, per_collection(updates), rtol=1e-5, atol=1e-5)
+  assert_close(scanned_grads, models.stack_repeated_blocks(grads), rtol=1e-3, atol=1e-4)
