@@ -10,9 +10,11 @@ uint8 images shaped like the config's dataset; nothing is read from disk. Printe
 * img/s and seconds per step, over `bench_steps` steps after `bench_warmup_steps`;
 * compile time (trace + lower, and XLA compile, which the persistent cache shortens);
 * peak memory: the device allocator's peak on GPU/TPU; on CPU the process's peak RSS;
-* FLOPs per step from XLA's cost analysis of the compiled step (a multiply-add counts 2).
-  Under `shard_map` the program is one device's share, so it is multiplied by the device
-  count;
+* FLOPs per step from XLA's cost analysis (a multiply-add counts 2). Under `shard_map` the
+  program is one device's share, so it is multiplied by the device count. On CPU, where
+  `layers` runs small-map convolutions as matmuls that also multiply their zero padding,
+  the model's count comes from the same step traced with XLA convolutions
+  (`executed_flops_per_step` is the compiled program's own count);
 * MFU = achieved FLOP/s / peak FLOP/s. Accelerators: the published dense peak of the
   device kind for the compute dtype (bf16 with half_precision, else what float32 matmuls
   run as: TF32 on Ampere and later GPUs, bf16 passes on TPU) times the device count. CPU,
@@ -33,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from resnet_jax import optim, parallel, presets, train
+from resnet_jax import layers, optim, parallel, presets, train
 from resnet_jax.parallel import DATA_AXIS
 
 DEFAULT_WARMUP_STEPS = 2
@@ -152,8 +154,12 @@ def _cost(compiled_or_lowered) -> dict[str, float]:
   return dict(cost or {})
 
 
-def build_step(config, mesh, classes: int):
-  """(model, jitted train step, fresh state) exactly as `train_and_evaluate` builds them."""
+def build_step(config, mesh, classes: int, *, abstract_state: bool = False):
+  """(model, jitted train step, fresh state) exactly as `train_and_evaluate` builds them.
+
+  With `abstract_state`, the state is only its shapes (nothing is initialised), enough to
+  lower the step.
+  """
   model = presets.build_model(config.model, classes, half_precision=config.half_precision,
                               bn_axis_name=DATA_AXIS if config.sync_batch_stats else None)
   steps_per_epoch, total_steps = 1000, 100_000  # only the schedule's shape depends on them
@@ -162,8 +168,28 @@ def build_step(config, mesh, classes: int):
   local_step = train.make_local_train_step(model, tx, multiplier, config, _SYNTHETIC_MEAN,
                                            _SYNTHETIC_STD, classes)
   step = train.make_train_step(local_step, mesh)
-  state = train.create_train_state(model, tx, config, mesh, config.dataset.image_size)
+  init = lambda: train.create_train_state(model, tx, config, mesh, config.dataset.image_size)
+  if not abstract_state:
+    return model, step, init()
+  replicated = parallel.replicated(mesh)
+  state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+                       jax.eval_shape(init))
   return model, step, state
+
+
+def model_flops(config, mesh, classes: int, arrays, batch) -> float:
+  """The train step's FLOPs as XLA counts them on the unrolled network with XLA convolutions.
+
+  XLA counts a scanned stage's loop body once, and the matmul form of small-map
+  convolutions (layers.py, on CPU) multiplies their zero padding too; so the step is
+  traced again without either, and lowered only. One device's program x devices.
+  """
+  plain = config.copy_and_resolve_references()
+  with plain.unlocked():
+    plain.model.scan_blocks = False
+  with layers.plain_xla():
+    _, step, state = build_step(plain, mesh, classes, abstract_state=True)
+    return _cost(step.lower(state, arrays, batch)).get('flops', 0.0) * mesh.size
 
 
 def measure(config) -> dict[str, Any]:
@@ -197,8 +223,13 @@ def measure(config) -> dict[str, Any]:
   step_time = (time.perf_counter() - start) / steps
   loss = float(jax.device_get(metrics['loss']))
 
-  flops_per_step = (_cost(compiled).get('flops', 0.0) or _cost(lowered).get('flops', 0.0))
-  flops_per_step *= mesh.size  # the cost analysis is of one device's program
+  # XLA's cost analysis is of one device's program.
+  executed_flops = (_cost(compiled).get('flops', 0.0) or _cost(lowered).get('flops', 0.0))
+  executed_flops *= mesh.size
+  if layers.on_cpu() or config.model.get('scan_blocks', False):
+    flops_per_step = model_flops(config, mesh, classes, arrays, batch)
+  else:
+    flops_per_step = executed_flops
   peak, peak_source = peak_flops(config.half_precision)
   memory, memory_source = peak_memory()
   try:
@@ -227,6 +258,7 @@ def measure(config) -> dict[str, Any]:
       'peak_memory_kind': memory_source,
       'xla_step_memory_bytes': step_bytes,
       'flops_per_step': flops_per_step,
+      'executed_flops_per_step': executed_flops,
       'achieved_flops_per_s': achieved,
       'peak_flops_per_s': peak,
       'peak_flops_source': peak_source,
@@ -250,7 +282,8 @@ def format_report(result: dict[str, Any]) -> str:
       f' XLA compile {result["xla_compile_s"]:.2f} s)',
       f'  memory      {memory:.2f} GiB   ({result["peak_memory_kind"]})',
       f'  FLOPs       {result["flops_per_step"] / 1e9:,.1f} GFLOP per step   (XLA cost '
-      f'analysis, one device\'s program x {result["devices"]})',
+      f'analysis, one device\'s program x {result["devices"]}; executed '
+      f'{result["executed_flops_per_step"] / 1e9:,.1f})',
       f'  achieved    {result["achieved_flops_per_s"] / 1e9:,.1f} GFLOP/s',
       f'  MFU         {result["mfu"]:.1%}   (peak: {result["peak_flops_source"]})'
       if result['mfu'] is not None else '  MFU         n/a',

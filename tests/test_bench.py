@@ -48,6 +48,15 @@ def test_bench_flops_are_the_whole_step_on_any_device_count(tmp_path):
   assert two['flops_per_step'] == pytest.approx(one['flops_per_step'], rel=0.02)
 
 
+def test_bench_flops_count_a_scanned_net_unrolled(tmp_path):
+  """XLA counts a loop body once; the model's FLOPs must not shrink when its stages scan."""
+  unrolled = json.loads(run_bench(tmp_path, '--config.model.depth=20', devices=1)[-1])
+  scanned = json.loads(run_bench(tmp_path, '--config.model.depth=20',
+                                 '--config.model.scan_blocks=true', devices=1)[-1])
+  assert scanned['flops_per_step'] == pytest.approx(unrolled['flops_per_step'], rel=0.01)
+  assert scanned['executed_flops_per_step'] < unrolled['executed_flops_per_step']
+
+
 def test_number_of_classes_comes_from_the_dataset_name_without_loading_it():
   config = config_lib.default_config()
   for name, classes in (('cifar10', 10), ('cifar100', 100), ('svhn_cropped', 10),
