@@ -206,6 +206,8 @@ class ResNet(nn.Module):
         x = nn.relu(norm(name='stem_bn')(x, use_running_average=not train))
     self.sow('intermediates', 'stem', x)
 
+    # Training on CPU: each block's input is read from memory, not recomputed (layers.py).
+    materialized = layers.fusion_barrier if train else (lambda x: x)
     for stage, (num_blocks, planes) in enumerate(zip(self.stage_sizes, self.stage_planes), 1):
       block = functools.partial(
           ResidualBlock, planes=planes, block=self.block, shortcut=self.shortcut,
@@ -213,14 +215,14 @@ class ResNet(nn.Module):
           post_add_activation=self.post_add_activation,
           zero_init_residual=self.zero_init_residual, dropout_rate=self.dropout_rate,
           norm=norm, dtype=self.dtype)
-      x = block(strides=2 if stage > 1 else 1, name=f'stage{stage}_block0')(x, train)
+      x = block(strides=2 if stage > 1 else 1, name=f'stage{stage}_block0')(materialized(x), train)
       if self.scan_blocks and num_blocks > 1:
         x, _ = nn.scan(_RepeatedBlock, variable_axes={'params': 0, 'batch_stats': 0},
                        split_rngs={'params': True, 'dropout': True}, length=num_blocks - 1)(
                            block=block, train=train, name=f'stage{stage}_blocks')(x, None)
       else:
         for index in range(1, num_blocks):
-          x = block(strides=1, name=f'stage{stage}_block{index}')(x, train)
+          x = block(strides=1, name=f'stage{stage}_block{index}')(materialized(x), train)
       self.sow('intermediates', f'stage{stage}', x)
 
     if self.preact:

@@ -55,6 +55,16 @@ def test_max_pool_matches_nn_max_pool_with_ties_going_to_the_first_maximum():
   assert_close(ours, theirs, rtol=1e-6, atol=1e-6)
 
 
+def test_fusion_barrier_is_the_identity_for_values_and_gradients():
+  x = jax.random.normal(jax.random.key(0), (2, 4, 4, 3))
+  loss = lambda barrier: lambda x: jnp.sum(jnp.sin(barrier(x) * x))
+  np.testing.assert_array_equal(jax.jit(layers.fusion_barrier)(x), x)
+  np.testing.assert_array_equal(jax.grad(loss(layers.fusion_barrier))(x),
+                                jax.grad(loss(lambda v: v))(x))
+  assert 'conditional' in jax.jit(layers.fusion_barrier).lower(x).compile().as_text()
+  assert np.isnan(layers.fusion_barrier(x.at[0, 0, 0, 0].set(jnp.nan))).all()  # NaN stays NaN
+
+
 def batch_norm_loss(module, variables, x, cotangent):
   y, updates = module.apply(variables, x, use_running_average=False, mutable=['batch_stats'])
   return jnp.sum(jnp.sin(y) * cotangent), updates
