@@ -57,6 +57,12 @@ def run_launch(workdir, **kwargs):
 
 def final_params(workdir):
   """The step and params of the newest checkpoint in `workdir`, read as host arrays."""
+  step, state = final_state(workdir)
+  return step, state['params']
+
+
+def final_state(workdir):
+  """The step and whole train state of the newest checkpoint in `workdir`, as host arrays."""
   import orbax.checkpoint as ocp
   directory = Path(workdir) / 'checkpoints'
   step = max(int(p.name) for p in directory.iterdir() if p.name.isdigit())
@@ -68,7 +74,7 @@ def final_params(workdir):
   target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=on_one_device),
                         metadata)
   state = checkpointer.restore(path, target)
-  return step, jax.tree.map(np.asarray, state['params'])
+  return step, jax.tree.map(np.asarray, state)
 
 
 def assert_trees_equal(a, b, **tolerance):
@@ -187,6 +193,28 @@ def test_step_boundaries_in_iterations_replace_epochs_for_the_he_et_al_recipe():
                        lr_decay_factor=0.1)
   multiplier = optim.lr_multiplier(config, steps_per_epoch=390, total_steps=64000)
   assert [float(multiplier(s)) for s in (31999, 32000, 48000)] == pytest.approx([1, .1, .01])
+
+
+@pytest.mark.parametrize('config_file, depth, warm_steps', [
+    ('resnet_cifar.py', 56, 0), ('resnet_cifar.py', 110, 400), ('resnet_cifar.py', 1202, 400),
+    ('preact_cifar.py', 164, 400)])
+def test_he_et_al_start_110_layers_and_deeper_at_a_tenth_of_the_rate_for_400_steps(
+    config_file, depth, warm_steps):
+  config = config_flags_free_load(config_file)
+  config.model.depth = depth
+  multiplier = optim.lr_multiplier(config, steps_per_epoch=391, total_steps=64000)
+  early, after = float(multiplier(0)), float(multiplier(400))
+  assert (early, after) == pytest.approx((0.1 if warm_steps else 1.0, 1.0))
+  assert float(multiplier(399)) == pytest.approx(early)
+
+
+def config_flags_free_load(config_file: str, arg=None):
+  """configs/<config_file>'s get_config(arg), imported by path as launch.py does."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location('config_under_test', ROOT / 'configs' / config_file)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
 
 
 def test_cosine_schedule_warms_up_linearly_then_decays_to_zero():
