@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 
@@ -98,3 +99,22 @@ def _inject_state(opt_state):
     return opt_state.inner_states['train'].inner_state
   return opt_state
 
+
+def hyperparams(opt_state) -> dict[str, float]:
+  """The injected hyperparameters (learning_rate, weight_decay, momentum) as numbers."""
+  return {name: float(np.asarray(value.addressable_data(0)) if isinstance(value, jax.Array)
+                      else value)
+          for name, value in _inject_state(opt_state).hyperparams.items()}
+
+
+def with_hyperparams(opt_state, **values):
+  """opt_state with these injected hyperparameters replaced, each placed like the old one."""
+  inject = _inject_state(opt_state)
+  replaced = {name: jax.device_put(jnp.asarray(values[name], old.dtype), old.sharding)
+              if name in values else old for name, old in inject.hyperparams.items()}
+  inject = inject._replace(hyperparams=replaced)
+  if not isinstance(opt_state, optax.MultiTransformState):
+    return inject
+  masked = opt_state.inner_states['train']
+  return opt_state._replace(inner_states={**opt_state.inner_states,
+                                          'train': masked._replace(inner_state=inject)})

@@ -223,6 +223,23 @@ def load_pretrained(state: TrainState, config, mesh) -> TrainState:
   return state.replace(params=placed['params'], batch_stats=placed['batch_stats'])
 
 
+def _hyperparams_from_config(state: TrainState, config, is_main: bool) -> TrainState:
+  """A resumed run trains with the config's learning_rate / weight_decay / momentum.
+
+  They are state (inputs of the compiled step), so a checkpoint carries them; a config
+  that changes them on resume wins, and says so.
+  """
+  saved = optim.hyperparams(state.opt_state)
+  changed = {name: float(config[name]) for name, value in saved.items()
+             if not np.isclose(value, float(config[name]), rtol=1e-6, atol=0.0)}
+  if not changed:
+    return state
+  if is_main:
+    print('Resuming with the config\'s ' + ', '.join(
+        f'{name} {saved[name]:g} -> {value:g}' for name, value in changed.items()), flush=True)
+  return state.replace(opt_state=optim.with_hyperparams(state.opt_state, **changed))
+
+
 # ----------------------------------------------------------------------------- loop
 
 
@@ -327,6 +344,7 @@ def _train_and_evaluate(config, workdir: Path, preemption: PreemptionFlag) -> di
     if is_main:
       print(f'Resuming from checkpoint at step {restored[0]} (epoch '
             f'{restored[0] / steps_per_epoch:.2f}) in {workdir}', flush=True)
+    state = _hyperparams_from_config(state, config, is_main)
   elif config.init_from:
     state = load_pretrained(state, config, mesh)
     if is_main:

@@ -338,6 +338,19 @@ def test_a_checkpoint_written_on_8_devices_resumes_on_1(tmp_path, reference_run)
   assert final_params(workdir)[0] == 8
 
 
+def test_a_resumed_run_takes_the_learning_rate_of_its_config_and_says_so(tmp_path,
+                                                                          reference_run):
+  workdir = copy_of(reference_run, tmp_path / 'run', keep_steps={4})
+  code, output = run_launch(workdir, overrides={'learning_rate': 0.02, 'num_train_steps': 6})
+  assert code == 0, output
+  assert "Resuming with the config's learning_rate 0.01 -> 0.02" in output
+  resumed = final_state(workdir)[1]['opt_state']['hyperparams']
+  reference = final_state(reference_run)[1]['opt_state']['hyperparams']
+  assert float(resumed['learning_rate']) == pytest.approx(0.02)
+  assert float(reference['learning_rate']) == pytest.approx(0.01)
+  assert float(resumed['weight_decay']) == float(reference['weight_decay'])  # unchanged
+
+
 def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, reference_run):
   workdir = copy_of(reference_run, tmp_path / 'run', keep_steps={4, 8})
   latest = workdir / 'checkpoints' / '8'
