@@ -1,6 +1,6 @@
 """The CPU table of benchmarks/RESULTS.md: resnet_jax's bench mode next to PyTorch.
 
-    python benchmarks/side_by_side.py            # every row (about 15 min on 2 cores)
+    python benchmarks/side_by_side.py            # every row (about 20 min on 2 cores)
     python benchmarks/side_by_side.py resnet20   # rows whose name contains 'resnet20'
     python benchmarks/side_by_side.py --no-torch
 
