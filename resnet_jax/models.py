@@ -185,6 +185,9 @@ class ResNet(nn.Module):
   # Run each stage's blocks after the first (all alike) as one scan: compile time no longer
   # grows with depth. Their parameters are then stacked under stage<s>_blocks/block.
   scan_blocks: bool = False
+  # Recompute each block's activations in the backward pass instead of keeping them
+  # (jax.checkpoint): activation memory of one block per stage, ~1.3x the step's FLOPs.
+  remat_blocks: bool = False
 
   def _norm(self, train: bool):
     batch_norm = layers.BatchNorm if layers.on_cpu() else nn.BatchNorm  # same variables
@@ -210,7 +213,8 @@ class ResNet(nn.Module):
     materialized = layers.fusion_barrier if train else (lambda x: x)
     for stage, (num_blocks, planes) in enumerate(zip(self.stage_sizes, self.stage_planes), 1):
       block = functools.partial(
-          ResidualBlock, planes=planes, block=self.block, shortcut=self.shortcut,
+          nn.remat(ResidualBlock, static_argnums=(2,)) if self.remat_blocks else ResidualBlock,
+          planes=planes, block=self.block, shortcut=self.shortcut,
           preact=self.preact, width=self.width, stride_on_first_1x1=self.stride_on_first_1x1,
           post_add_activation=self.post_add_activation,
           zero_init_residual=self.zero_init_residual, dropout_rate=self.dropout_rate,

@@ -50,6 +50,7 @@ def default_model_config() -> ml_collections.ConfigDict:
       post_add_activation=True,  # post-activation blocks: ReLU after the addition
       stride_on_first_1x1=False,  # bottleneck: stride on the first 1x1 (2015 paper) not the 3x3
       scan_blocks=False,  # scan each stage's repeated blocks: fast compiles of very deep nets
+      remat_blocks=False,  # recompute block activations in the backward pass: less memory
   ))
 
 
@@ -142,7 +143,7 @@ def architecture(model_config) -> dict[str, Any]:
       width=cfg.width if cfg.block == 'bottleneck' else 1,
       stride_on_first_1x1=cfg.stride_on_first_1x1, post_add_activation=cfg.post_add_activation,
       zero_init_residual=cfg.zero_init_residual, dropout_rate=float(cfg.dropout_rate),
-      scan_blocks=bool(cfg.scan_blocks))
+      scan_blocks=bool(cfg.scan_blocks), remat_blocks=bool(cfg.remat_blocks))
 
 
 def build_model(model_config, num_classes: int, *, half_precision: bool = False,

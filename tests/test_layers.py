@@ -110,19 +110,22 @@ def test_batch_norm_gradients_match_across_devices(axis_name):
                grads(nn.BatchNorm(axis_name=axis_name)))
 
 
-@pytest.mark.parametrize('name', ['resnet20', 'preact_resnet164'])
-def test_scanned_stages_compute_the_same_network(name):
+@pytest.mark.parametrize('name, layout', [
+    ('resnet20', {'scan_blocks': True}), ('preact_resnet164', {'scan_blocks': True}),
+    ('resnet20', {'remat_blocks': True}),
+    ('preact_resnet164', {'scan_blocks': True, 'remat_blocks': True})])
+def test_scanned_or_recomputed_blocks_compute_the_same_network(name, layout):
   config = presets.preset(name)
   unrolled = presets.build_model(config, 10)
-  config.scan_blocks = True
-  scanned = presets.build_model(config, 10)
+  config.update(layout)
+  changed = presets.build_model(config, 10)
   x = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
   variables = unrolled.init(jax.random.key(1), x[:1], train=False)
-  per_collection = lambda collections: {k: models.stack_repeated_blocks(v) for k, v in collections.items()}
-  stacked = per_collection(variables)
-  assert (jax.tree.structure(stacked) ==
+  relayout = models.stack_repeated_blocks if config.scan_blocks else (lambda tree: tree)
+  per_collection = lambda collections: {k: relayout(v) for k, v in collections.items()}
+  assert (jax.tree.structure(per_collection(variables)) ==
           jax.tree.structure(jax.eval_shape(
-              lambda: scanned.init(jax.random.key(1), x[:1], train=False))))
+              lambda: changed.init(jax.random.key(1), x[:1], train=False))))
 
   def loss(model, variables):
     def apply(params):
@@ -132,7 +135,7 @@ def test_scanned_stages_compute_the_same_network(name):
     return jax.value_and_grad(apply, has_aux=True)(variables['params'])
 
   (value, updates), grads = loss(unrolled, variables)
-  (scanned_value, scanned_updates), scanned_grads = loss(scanned, stacked)
-  assert_close(scanned_value, value, rtol=1e-5, atol=1e-5)
-  assert_close(scanned_updates, per_collection(updates), rtol=1e-5, atol=1e-5)
-  assert_close(scanned_grads, models.stack_repeated_blocks(grads), rtol=1e-3, atol=1e-4)
+  (new_value, new_updates), new_grads = loss(changed, per_collection(variables))
+  assert_close(new_value, value, rtol=1e-5, atol=1e-5)
+  assert_close(new_updates, per_collection(updates), rtol=1e-5, atol=1e-5)
+  assert_close(new_grads, relayout(grads), rtol=1e-3, atol=1e-4)
