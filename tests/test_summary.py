@@ -34,6 +34,17 @@ def test_multiply_adds_match_the_published_counts(preset, dataset, size, giga_ma
       <= 2 * result['macs_per_example']
 
 
+def test_scanned_or_recomputed_blocks_count_the_same_parameters_and_flops():
+  plain = summarize('resnet56')
+  for layout in ({'scan_blocks': True}, {'remat_blocks': True}):
+    config = config_lib.default_config()
+    config.model = presets.preset('resnet56')
+    config.model.update(layout)
+    changed = summary.summarize(config)
+    assert [changed[k] for k in ('params', 'flops_per_example', 'macs_per_example')] == [
+        plain[k] for k in ('params', 'flops_per_example', 'macs_per_example')]
+
+
 def test_the_table_lists_stem_stages_and_logits_in_order_with_their_parameters():
   result = summarize('resnet20')
   assert [name for name, _, _ in result['stages']] == ['stem', 'stage1', 'stage2', 'stage3',
