@@ -80,6 +80,9 @@ def get_sweep(arg=None):
 
 def _block_names(model_config) -> list[str]:
   from resnet_jax import presets  # pylint: disable=g-import-not-at-top
+  if presets.architecture(model_config)['scan_blocks']:
+    raise presets.ConfigError('gradient_flow reads every block by name; run it with '
+                              '--config.model.scan_blocks=false')
   sizes = presets.architecture(model_config)['stage_sizes']
   return [f'stage{s}_block{b}' for s, n in enumerate(sizes, 1) for b in range(n)]
 

@@ -66,6 +66,9 @@ def branch_responses(config, variables, images, num_classes: int) -> list[dict[s
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from resnet_jax import models, presets  # pylint: disable=g-import-not-at-top
   arch = presets.architecture(config.model)
+  if arch['scan_blocks']:
+    raise presets.ConfigError('identity reads every block by name; train its runs with '
+                              '--config.model.scan_blocks=false')
   model = presets.build_model(config.model, num_classes)
   branch_layers = 2 if arch['block'] == 'basic' else 3
   branch = f'{"conv" if arch["preact"] else "bn"}{branch_layers}'  # F(x), before the addition

@@ -106,6 +106,17 @@ def test_identity_measures_every_block_of_a_network(tmp_path):
     assert all(row['ratio'] > 0 and row['std'] > 0 for row in rows)
 
 
+@pytest.mark.parametrize('name', ['identity', 'gradient_flow'])
+def test_per_block_measurements_refuse_scanned_stages_in_one_line(name):
+  config = experiment(name).get_config('quick')
+  config.model.scan_blocks = True
+  with pytest.raises(presets.ConfigError, match='scan_blocks=false'):
+    if name == 'identity':
+      experiment(name).branch_responses(config, {}, None, 10)
+    else:
+      experiment(name)._block_names(config.model)
+
+
 # ----------------------------------------------------------------------------- end to end
 
 
