@@ -67,9 +67,15 @@ def _as_varying_like(x, *values):
   A custom gradient must return per-device cotangents for them; the implicit conversion
   autodiff would insert otherwise (and its transpose, a psum) is made explicit here.
   """
-  extra = tuple(jax.typeof(x).manual_axis_type.varying -
-                jax.typeof(values[0]).manual_axis_type.varying)
+  extra = tuple(_varying_axes(x) - _varying_axes(values[0]))
   return tuple(lax.pcast(v, extra, to='varying') for v in values) if extra else values
+
+
+def _varying_axes(x) -> frozenset:
+  """The shard_map axes x varies over (`manual_axis_type.varying`; `vma` before jax 0.10)."""
+  aval = jax.typeof(x)
+  manual = getattr(aval, 'manual_axis_type', None)
+  return frozenset(manual.varying if manual is not None else getattr(aval, 'vma', ()))
 
 
 # ----------------------------------------------------------------------------- convolution
