@@ -146,6 +146,19 @@ def architecture(model_config) -> dict[str, Any]:
       scan_blocks=bool(cfg.scan_blocks), remat_blocks=bool(cfg.remat_blocks))
 
 
+def unrolled(model_config) -> ml_collections.ConfigDict:
+  """A copy of model_config with every block its own layer, kept in the backward pass.
+
+  scan_blocks and remat_blocks change how the network runs, not what it computes: this is
+  the network to count (XLA counts a scan's body once) and to compare weights against.
+  """
+  plain = ml_collections.ConfigDict(model_config).copy_and_resolve_references()
+  with plain.unlocked():
+    plain.scan_blocks = False
+    plain.remat_blocks = False
+  return plain
+
+
 def build_model(model_config, num_classes: int, *, half_precision: bool = False,
                 bn_axis_name: str | None = None) -> models.ResNet:
   """The `ResNet` a config describes. bf16 compute keeps float32 params and BN statistics."""

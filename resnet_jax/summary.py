@@ -38,11 +38,8 @@ def _stage_of(param_name: str) -> str:
 def summarize(config) -> dict:
   """Returns {'model', 'params', 'flops_per_example', 'stages': [(name, shape, params)]}."""
   num_classes = datasets.num_classes(config.dataset)
-  # Counted on the unrolled network: XLA counts a scanned stage's loop body once.
-  unrolled = config.model.copy_and_resolve_references()
-  with unrolled.unlocked():
-    unrolled.scan_blocks = False
-  model = presets.build_model(unrolled, num_classes, half_precision=config.half_precision)
+  model = presets.build_model(presets.unrolled(config.model), num_classes,
+                              half_precision=config.half_precision)
   size = config.dataset.image_size
   image = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
   variables = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), image)

@@ -208,10 +208,8 @@ def load_pretrained(state: TrainState, config, mesh) -> TrainState:
   except (FileNotFoundError, convert.ConversionError) as error:
     raise ConfigError(f'init_from={config.init_from!r}: {error}; make one with '
                       'python -m resnet_jax.convert') from None
-  # How blocks are scanned or recomputed changes no weight.
-  layout_free = lambda model_config: {**presets.architecture(model_config), 'scan_blocks': False,
-                                      'remat_blocks': False}
-  if layout_free(source_model) != layout_free(config.model):
+  same = lambda model_config: presets.architecture(presets.unrolled(model_config))
+  if same(source_model) != same(config.model):
     raise ConfigError(f'init_from holds a {presets.model_name(source_model)} but the config '
                       f'builds a {presets.model_name(config.model)}; set config.model to match')
   if config.model.scan_blocks and not source_model.get('scan_blocks', False):
