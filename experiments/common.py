@@ -48,6 +48,25 @@ def seeds(options: dict[str, Any], default: int = 1) -> list[sweep.Point]:
   return sweep.axis('seed', list(range(options.get('seeds') or default)))
 
 
+def shortcut_depth_sweep(options: dict[str, Any], shortcuts: Sequence[str],
+                         quick_depths: Sequence[int], full_depths: Sequence[int]) -> list:
+  """Every shortcut x every depth (the quick list in quick mode) x the seeds."""
+  depths = quick_depths if options['quick'] else full_depths
+  return sweep.product(sweep.axis('model.shortcut', list(shortcuts)),
+                       sweep.axis('model.depth', list(depths)), seeds(options))
+
+
+def block_names(model_config, experiment: str) -> list[str]:
+  """'stage1_block0', ... from the input to the output; the per-block measurements read
+  blocks by these names, which a scanned stage does not have."""
+  from resnet_jax import presets  # pylint: disable=g-import-not-at-top
+  arch = presets.architecture(model_config)
+  if arch['scan_blocks']:
+    raise ConfigError(f'{experiment} reads every block by name; run it with '
+                      '--config.model.scan_blocks=false')
+  return [f'stage{s}_block{b}' for s, n in enumerate(arch['stage_sizes'], 1) for b in range(n)]
+
+
 def he2015_cifar():
   """The CIFAR-10 recipe of He et al. 2015 (configs/resnet_cifar.py), ResNet-20."""
   from configs import resnet_cifar  # pylint: disable=g-import-not-at-top

@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 from experiments import common
-from resnet_jax import report, sweep
+from resnet_jax import report
 
 FULL_DEPTHS = (20, 32, 44, 56, 110)
 QUICK_DEPTHS = (8, 20, 32)
@@ -48,11 +48,8 @@ def get_config(arg=None):
 
 
 def get_sweep(arg=None):
-  options = common.parse_arg(arg)
-  depths = QUICK_DEPTHS if options['quick'] else FULL_DEPTHS
-  return sweep.product(sweep.axis('model.shortcut', SHORTCUTS),
-                       sweep.axis('model.depth', depths),
-                       common.seeds(options))
+  return common.shortcut_depth_sweep(common.parse_arg(arg), SHORTCUTS, QUICK_DEPTHS,
+                                     FULL_DEPTHS)
 
 
 def _curves(runs, shortcut: str, depth: int, key: str):

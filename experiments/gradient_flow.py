@@ -69,22 +69,11 @@ def get_config(arg=None):
 
 
 def get_sweep(arg=None):
-  options = common.parse_arg(arg)
-  return sweep.product(sweep.axis('model.shortcut', SHORTCUTS),
-                       sweep.axis('model.depth', QUICK_DEPTHS if options['quick'] else FULL_DEPTHS),
-                       common.seeds(options))
+  return common.shortcut_depth_sweep(common.parse_arg(arg), SHORTCUTS, QUICK_DEPTHS,
+                                     FULL_DEPTHS)
 
 
 # ----------------------------------------------------------------------------- measurement
-
-
-def _block_names(model_config) -> list[str]:
-  from resnet_jax import presets  # pylint: disable=g-import-not-at-top
-  if presets.architecture(model_config)['scan_blocks']:
-    raise presets.ConfigError('gradient_flow reads every block by name; run it with '
-                              '--config.model.scan_blocks=false')
-  sizes = presets.architecture(model_config)['stage_sizes']
-  return [f'stage{s}_block{b}' for s, n in enumerate(sizes, 1) for b in range(n)]
 
 
 def _conv_kernels(params) -> list[tuple[str, object]]:
@@ -152,7 +141,7 @@ def run_point(config, workdir) -> dict:
   variables = model.init(init_key, jnp.zeros((1, size, size, 3)), train=False)
   params, batch_stats = variables['params'], variables['batch_stats']
   opt_state = tx.init(params)
-  block_names = _block_names(config.model)
+  block_names = common.block_names(config.model, 'gradient_flow')
   gradients = make_gradient_fn(model, dataset.num_classes, block_names)
   update = jax.jit(lambda grads, opt_state, params: tx.update(grads, opt_state, params))
 

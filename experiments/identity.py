@@ -35,7 +35,7 @@ import json
 import numpy as np
 
 from experiments import common
-from resnet_jax import report, sweep
+from resnet_jax import report
 
 FULL_DEPTHS = (20, 56, 110)
 QUICK_DEPTHS = (8, 20, 32)
@@ -54,10 +54,8 @@ def get_config(arg=None):
 
 
 def get_sweep(arg=None):
-  options = common.parse_arg(arg)
-  return sweep.product(sweep.axis('model.shortcut', SHORTCUTS),
-                       sweep.axis('model.depth', QUICK_DEPTHS if options['quick'] else FULL_DEPTHS),
-                       common.seeds(options))
+  return common.shortcut_depth_sweep(common.parse_arg(arg), SHORTCUTS, QUICK_DEPTHS,
+                                     FULL_DEPTHS)
 
 
 def branch_responses(config, variables, images, num_classes: int) -> list[dict[str, float]]:
@@ -65,14 +63,11 @@ def branch_responses(config, variables, images, num_classes: int) -> list[dict[s
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from resnet_jax import models, presets  # pylint: disable=g-import-not-at-top
+  blocks = common.block_names(config.model, 'identity')
   arch = presets.architecture(config.model)
-  if arch['scan_blocks']:
-    raise presets.ConfigError('identity reads every block by name; train its runs with '
-                              '--config.model.scan_blocks=false')
   model = presets.build_model(config.model, num_classes)
   branch_layers = 2 if arch['block'] == 'basic' else 3
   branch = f'{"conv" if arch["preact"] else "bn"}{branch_layers}'  # F(x), before the addition
-  blocks = [f'stage{s}_block{b}' for s, n in enumerate(arch['stage_sizes'], 1) for b in range(n)]
 
   def wanted(module, method_name):
     return method_name == '__call__' and (

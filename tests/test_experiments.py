@@ -114,7 +114,7 @@ def test_per_block_measurements_refuse_scanned_stages_in_one_line(name):
     if name == 'identity':
       experiment(name).branch_responses(config, {}, None, 10)
     else:
-      experiment(name)._block_names(config.model)
+      experiment(name).common.block_names(config.model, name)  # as run_point reads them
 
 
 # ----------------------------------------------------------------------------- end to end
