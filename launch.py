@@ -61,8 +61,9 @@ def _default_workdir() -> str:
 def _user_errors() -> tuple[type[Exception], ...]:
   """Errors caused by a bad config, path or file: shown as one line, without a traceback."""
   from resnet_jax import datasets, train
+  from resnet_jax.cpu_settings import CpuSettingsError
   from resnet_jax.presets import ConfigError
-  return (ConfigError, datasets.DatasetError, train.TrainingDiverged)
+  return (ConfigError, datasets.DatasetError, train.TrainingDiverged, CpuSettingsError)
 
 
 def main(argv):
@@ -81,11 +82,18 @@ def main(argv):
     sys.exit(f'error: {error}')
 
 
+def _apply_cpu_settings():
+  """This processor's fastest XLA:CPU flags, before JAX starts its backend (cpu_settings.py)."""
+  from resnet_jax import cpu_settings
+  return cpu_settings.apply()
+
+
 def _run(config):
   from resnet_jax import config as config_lib
   config_lib.validate(config)
   workdir = _WORKDIR.value or _default_workdir()
   if _MODE.value != 'summary':
+    cpu_choice = _apply_cpu_settings()
     from resnet_jax import compilation_cache
     compilation_cache.enable()  # a rerun, resume or sweep point skips compilation
   if _SWEEP.value:
@@ -101,7 +109,8 @@ def _run(config):
   from resnet_jax import parallel
   parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   if _MODE.value == 'bench':
-    from resnet_jax import bench
+    from resnet_jax import bench, cpu_settings
+    print(cpu_settings.describe(cpu_choice), flush=True)
     bench.run(config)
   else:
     from resnet_jax import train

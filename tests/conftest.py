@@ -6,6 +6,9 @@ if '--xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', '
   os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                              ' --xla_force_host_platform_device_count=8').strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+# Tests run on XLA's own defaults: the same programs and numerics on every processor, and no
+# measurement of XLA:CPU settings (resnet_jax/cpu_settings.py) in every fresh checkout.
+os.environ.setdefault('RESNET_JAX_CPU_SETTINGS', 'off')
 
 # One compilation and dataset cache for the whole session, shared with the subprocesses the
 # tests start: identical tiny programs compile once. Never the user's ~/.cache.
