@@ -1,8 +1,15 @@
-"""A sweep's results as a CSV, a markdown report and paper-style figures.
+"""A sweep's results as CSVs, a markdown report and paper-style figures.
 
-* `W/results.csv`: one row per run (its overrides, params, FLOPs, final and best test
-  error, final train error, wall time, img/s).
-* `W/report.md`: mean ± std over seeds per configuration, the figures, the command.
+* `W/results.csv`: one row per configuration (seeds pooled), each error as the papers
+  report it: the median, mean ± sample std and min over seeds (He et al. 2016 report the
+  median of 5 runs, Zagoruyko & Komodakis the median of 5, He et al. 2015 "best (mean ±
+  std)" for ResNet-110), plus params, FLOPs, time and speed.
+* `W/runs.csv`: one row per run (its overrides and results.json).
+* `W/report.md`: the configuration table, the figures, the command.
+
+Errors are final-epoch errors. The best test error over a run's evaluations is selection
+on the test set: it stays in runs.csv under `best_test_error` (test-selected), and is
+never a headline; with `dataset.validation_examples` the validation error is reported too.
 * `W/final_error.png` (test error against the swept number, log-x where it spans a
   decade; bars when nothing numeric is swept) and `W/curves.png` (training and test error
   against epochs), plus whatever the experiment's own `analyze` draws.
@@ -97,6 +104,16 @@ def _finite(values) -> list[float]:
   return [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
 
 
+def seed_statistics(values) -> dict[str, float]:
+  """median, mean, sample std, min and count of the finite values (NaN when none)."""
+  values = _finite(values)
+  if not values:
+    return {'median': math.nan, 'mean': math.nan, 'std': math.nan, 'min': math.nan, 'n': 0}
+  return {'median': float(np.median(values)), 'mean': float(np.mean(values)),
+          'std': float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+          'min': float(np.min(values)), 'n': len(values)}
+
+
 def mean_std(values) -> tuple[float, float, int]:
   values = _finite(values)
   if not values:
@@ -125,28 +142,59 @@ def _hashable(value):
   return tuple(value) if isinstance(value, list) else value
 
 
-def seed_table(rows: Sequence[dict], keys: Sequence[str]) -> tuple[list[str], list[list[str]]]:
-  """Per configuration: model, params, FLOPs, runs, and mean ± std of the errors."""
-  headers = [*keys, 'model', 'params', 'GFLOPs', 'runs', 'test error %', 'best test error %',
-             'train error %', 'time/run', 'img/s']
-  table = []
+ERROR_KEYS = ('test_error', 'val_error', 'train_error')
+
+
+def configuration_rows(rows: Sequence[dict], keys: Sequence[str]) -> list[dict[str, Any]]:
+  """One record per configuration: its keys, model, size, runs, and the seed statistics
+  (median, mean, std, min) of every error; the rows of results.csv."""
+  records = []
   for values, group in configurations(rows, keys):
     done = [row for row in group if row.get('status') == 'done']
     first = group[0]
-    diverged = sum(row.get('status') == 'diverged' for row in group)
-    runs = f'{len(done)}/{len(group)}' + (f' ({diverged} diverged)' if diverged else '')
-    wall = mean_std(row.get('wall_s') for row in done)[0]
-    speed = mean_std(row.get('img_per_s') for row in done)[0]
-    table.append([
-        *map(_cell, values), str(first.get('model', '')),
-        f'{first["params"]:,}' if first.get('params') else '–',
-        f'{first["flops_per_example"] / 1e9:.3f}' if first.get('flops_per_example') else '–',
-        runs,
-        format_percent(row.get('test_error') for row in done),
-        format_percent(row.get('best_test_error') for row in done),
-        format_percent(row.get('train_error') for row in done),
-        metrics.format_duration(wall) if math.isfinite(wall) else '–',
-        f'{speed:,.0f}' if math.isfinite(speed) else '–'])
+    record = {**dict(zip(keys, values)), 'model': first.get('model', ''),
+              'params': first.get('params'), 'flops_per_example': first.get('flops_per_example'),
+              'runs': len(group), 'finished': len(done),
+              'diverged': sum(row.get('status') == 'diverged' for row in group)}
+    for key in ERROR_KEYS:
+      if any(row.get(key) is not None for row in done):
+        stats = seed_statistics(row.get(key) for row in done)
+        record.update({f'{key}_{name}': stats[name] for name in ('median', 'mean', 'std', 'min')})
+    record['wall_s_mean'] = mean_std(row.get('wall_s') for row in done)[0]
+    record['img_per_s_mean'] = mean_std(row.get('img_per_s') for row in done)[0]
+    records.append(record)
+  return records
+
+
+def _percent(value) -> str:
+  return '–' if value is None or not math.isfinite(value) else f'{100 * value:.2f}'
+
+
+def seed_table(rows: Sequence[dict], keys: Sequence[str]) -> tuple[list[str], list[list[str]]]:
+  """report.md's table: per configuration, each error's median, mean ± std and min."""
+  records = configuration_rows(rows, keys)
+  errors = [key for key in ERROR_KEYS if any(f'{key}_median' in r for r in records)]
+  names = {'test_error': 'test', 'val_error': 'val', 'train_error': 'train'}
+  headers = [*keys, 'model', 'params', 'GFLOPs', 'runs']
+  for key in errors:
+    headers += [f'{names[key]} error % median', 'mean ± std', 'min']
+  headers += ['time/run', 'img/s']
+  table = []
+  for record in records:
+    runs = f'{record["finished"]}/{record["runs"]}' + (
+        f' ({record["diverged"]} diverged)' if record['diverged'] else '')
+    row = [*(_cell(record[key]) for key in keys), str(record['model']),
+           f'{record["params"]:,}' if record.get('params') else '–',
+           f'{record["flops_per_example"] / 1e9:.3f}' if record.get('flops_per_example') else '–',
+           runs]
+    for key in errors:
+      mean, std = record.get(f'{key}_mean'), record.get(f'{key}_std')
+      spread = f'{_percent(mean)} ± {_percent(std)}' if record['finished'] > 1 else _percent(mean)
+      row += [_percent(record.get(f'{key}_median')), spread, _percent(record.get(f'{key}_min'))]
+    wall, speed = record['wall_s_mean'], record['img_per_s_mean']
+    row += [metrics.format_duration(wall) if math.isfinite(wall) else '–',
+            f'{speed:,.0f}' if math.isfinite(speed) else '–']
+    table.append(row)
   return headers, table
 
 
@@ -277,25 +325,26 @@ def plot_curves(path, runs, keys: Sequence[str], max_lines: int = 12) -> bool:
 
 
 RESULT_COLUMNS = ('model', 'params', 'flops_per_example', 'status', 'step', 'test_error',
-                  'best_test_error', 'train_error', 'test_loss', 'train_loss', 'wall_s',
-                  'img_per_s')
+                  'val_error', 'train_error', 'best_test_error', 'test_loss', 'train_loss',
+                  'wall_s', 'img_per_s')
 
 
 def write(workdir, rows: Sequence[dict], runs, *, command: str, source: str = '',
           sections: Sequence[str] = (), sweep_wall_s: float | None = None) -> Path:
-  """Writes results.csv, the generic figures and report.md; returns the report's path."""
+  """Writes results.csv, runs.csv, the generic figures and report.md; returns the report."""
   workdir = Path(workdir)
-  write_csv(workdir / 'results.csv', rows)
+  keys = swept_keys(runs)
+  write_csv(workdir / 'runs.csv', rows)
+  write_csv(workdir / 'results.csv', configuration_rows(rows, keys))
   trained = [row for row in rows if row.get('test_error') is not None or
              row.get('status') == 'diverged']
-  keys = swept_keys(runs)
   lines = [f'# Sweep report: {workdir.name}', '',
            *([f'Sweep of `{source}`, run with:', ''] if source else ['Command:', '']),
            '```', command, '```', '',
            f'{len(rows)} runs, {sum(r.get("status") == "done" for r in rows)} finished'
            + (f'; this invocation took {metrics.format_duration(sweep_wall_s)}'
-              if sweep_wall_s is not None else '') + '. Errors in %, mean ± sample std over '
-           'seeds where there are several; per-run rows are in `results.csv`.', '']
+              if sweep_wall_s is not None else '') + '. Final errors in %, over seeds: median, '
+           'mean ± sample std and min (`results.csv`); per-run rows in `runs.csv`.', '']
   if trained:
     headers, table = seed_table(rows, keys)
     lines += [markdown_table(headers, table), '']

@@ -221,15 +221,25 @@ def test_a_sweep_runs_every_point_in_its_own_folder_and_reports(separate_runs):
   for seed in SEEDS:
     results = json.loads((workdir / f'seed={seed}' / 'results.json').read_text())
     assert results['step'] == 4 and 0 <= results['test_error'] <= 1
-  with open(workdir / 'results.csv') as file:
+  with open(workdir / 'runs.csv') as file:
     table = list(csv.DictReader(file))
   assert len(table) == 4
   for column in ('seed', 'params', 'flops_per_example', 'test_error', 'best_test_error',
                  'train_error', 'wall_s', 'img_per_s'):
     assert table[0][column] != '', column
   assert int(table[0]['params']) == 75_290  # ResNet-8 with a 10-class head
+  # results.csv: the four seeds pooled into one configuration, reported as the papers do.
+  with open(workdir / 'results.csv') as file:
+    (pooled,) = list(csv.DictReader(file))
+  errors = sorted(float(row['test_error']) for row in table)
+  assert float(pooled['test_error_median']) == pytest.approx((errors[1] + errors[2]) / 2)
+  assert float(pooled['test_error_min']) == pytest.approx(errors[0])
+  assert float(pooled['test_error_mean']) == pytest.approx(np.mean(errors))
+  assert float(pooled['test_error_std']) == pytest.approx(np.std(errors, ddof=1))
+  assert pooled['finished'] == '4' and 'best_test_error_median' not in pooled
   report = (workdir / 'report.md').read_text()
   assert 'seeds_spec.py' in report and '4/4' in report and ' ± ' in report
+  assert 'test error % median' in report and 'best test' not in report
   assert (workdir / 'curves.png').exists()
   assert json.loads((workdir / 'sweep.json').read_text())['points'] == [{'seed': s} for s in SEEDS]
 
