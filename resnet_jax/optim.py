@@ -12,6 +12,8 @@ schedule (boundaries, decay factor, warm-up, total steps) is compiled in, as a m
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -37,13 +39,22 @@ def lr_multiplier(config, steps_per_epoch: int, total_steps: int) -> optax.Sched
   return lambda step: jnp.where(step < constant_steps, factor, 1.0) * shaped(step)
 
 
+def lr_drop_steps(config, steps_per_epoch: int) -> list[int]:
+  """The steps at which the step schedule divides the lr: lr_boundaries_steps, else
+  lr_boundaries_epochs x steps per epoch (a boundary of 60 epochs is the first step after
+  60 full epochs). Empty for other schedules."""
+  if config.lr_schedule != 'step':
+    return []
+  return list(config.lr_boundaries_steps) or [
+      int(round(epoch * steps_per_epoch)) for epoch in config.lr_boundaries_epochs]
+
+
 def _schedule_shape(config, steps_per_epoch: int, total_steps: int) -> optax.Schedule:
   warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
   if config.lr_schedule == 'step':
-    boundaries = list(config.lr_boundaries_steps) or [
-        int(round(epoch * steps_per_epoch)) for epoch in config.lr_boundaries_epochs]
     main = optax.piecewise_constant_schedule(
-        1.0, {boundary: config.lr_decay_factor for boundary in boundaries})
+        1.0, {boundary: config.lr_decay_factor
+              for boundary in lr_drop_steps(config, steps_per_epoch)})
   elif config.lr_schedule == 'cosine':
     cosine = optax.cosine_decay_schedule(1.0, max(total_steps - warmup_steps, 1))
     main = lambda step: cosine(jnp.maximum(step - warmup_steps, 0))
@@ -59,6 +70,34 @@ def _decay_mask(params, decay_bn_and_bias: bool):
   return jax.tree.map(lambda p: decay_bn_and_bias or p.ndim > 1, params)
 
 
+class MomentumResetState(NamedTuple):
+  count: jax.Array  # updates applied so far: the step
+  trace: optax.TraceState
+
+
+def momentum_with_resets(decay, nesterov: bool, reset_steps) -> optax.GradientTransformation:
+  """optax.trace whose momentum buffer restarts from zero at `reset_steps`.
+
+  The Wide ResNet authors' code builds a fresh SGD state at every lr drop, which drops
+  the momentum buffer (szagoruyko/wide-residual-networks train.lua onStartEpoch: "drop
+  learning rate and reset momentum vector"; pytorch/main.py re-creates the optimizer):
+  the first update after a drop is the gradient alone, as in Torch's optim.sgd.
+  """
+  trace = optax.trace(decay=decay, nesterov=nesterov)
+  resets = jnp.asarray(sorted(reset_steps) or [-1], jnp.int32)
+
+  def init(params):
+    return MomentumResetState(count=jnp.zeros((), jnp.int32), trace=trace.init(params))
+
+  def update(updates, state, params=None):
+    restart = jnp.any(state.count == resets)
+    buffers = jax.tree.map(lambda t: jnp.where(restart, jnp.zeros_like(t), t), state.trace)
+    updates, buffers = trace.update(updates, buffers, params)
+    return updates, MomentumResetState(count=state.count + 1, trace=buffers)
+
+  return optax.GradientTransformation(init, update)
+
+
 def create_optimizer(config, steps_per_epoch: int, total_steps: int,
                      trainable_mask=None) -> optax.GradientTransformation:
   """SGD(lr * multiplier(step)) on grad + weight_decay * param, with optional clipping.
@@ -67,6 +106,7 @@ def create_optimizer(config, steps_per_epoch: int, total_steps: int,
   are zero and they get no weight decay (linear probes).
   """
   multiplier = lr_multiplier(config, steps_per_epoch, total_steps)
+  resets = lr_drop_steps(config, steps_per_epoch) if config.reset_momentum_at_lr_drops else None
 
   def sgd(learning_rate, weight_decay, momentum):
     mask = lambda params: _decay_mask(params, config.decay_bn_and_bias)
@@ -74,7 +114,8 @@ def create_optimizer(config, steps_per_epoch: int, total_steps: int,
         optax.clip_by_global_norm(config.grad_clip_norm) if config.grad_clip_norm
         else optax.identity(),
         optax.add_decayed_weights(weight_decay, mask=mask),
-        optax.trace(decay=momentum, nesterov=config.nesterov),
+        optax.trace(decay=momentum, nesterov=config.nesterov) if resets is None
+        else momentum_with_resets(momentum, config.nesterov, resets),
         optax.scale_by_learning_rate(learning_rate),
         optax.scale_by_schedule(multiplier),
     )
