@@ -122,12 +122,18 @@ def mean_std(values) -> tuple[float, float, int]:
       len(values)
 
 
-def format_percent(values) -> str:
-  """'8.42 ± 0.15' (percent; ± the sample std over seeds) or '8.42' for a single run."""
+def format_mean_std(values, scale: float = 1.0, digits: int = 3) -> str:
+  """'0.421 ± 0.015' (± the sample std over seeds), or '0.421' for a single value."""
   mean, std, count = mean_std(values)
   if not count:
     return '–'
-  return f'{100 * mean:.2f} ± {100 * std:.2f}' if count > 1 else f'{100 * mean:.2f}'
+  text = f'{scale * mean:.{digits}f}'
+  return f'{text} ± {scale * std:.{digits}f}' if count > 1 else text
+
+
+def format_percent(values) -> str:
+  """'8.42 ± 0.15' (percent; ± the sample std over seeds) or '8.42' for a single run."""
+  return format_mean_std(values, scale=100, digits=2)
 
 
 def configurations(rows: Sequence[dict], keys: Sequence[str]) -> list[tuple[tuple, list[dict]]]:

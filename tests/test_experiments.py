@@ -92,18 +92,38 @@ def test_each_analysis_draws_its_figures_and_table(name, tmp_path):
     assert (tmp_path / figure).stat().st_size > 10_000, figure
 
 
-def test_identity_measures_every_block_of_a_network(tmp_path):
+def test_identity_measures_every_3x3_layer_after_its_bn_as_in_fig_7(tmp_path):
+  """The stem and each block's 3x3 convolutions, in order: their BN output (post-activation)
+  or, where the BN comes before the convolution (pre-activation), the convolution's output."""
   import jax
   identity = experiment('identity')
-  for shortcut, preact in (('A', False), ('none', False), ('B', True)):
+  expected = {
+      ('A', False, 'basic'): ['stem_bn', 'stage1_block0/bn1', 'stage1_block0/bn2',
+                              'stage2_block0/bn1', 'stage2_block0/bn2', 'stage3_block0/bn1',
+                              'stage3_block0/bn2'],
+      ('none', False, 'basic'): None,  # the plain twin reads the same layers
+      ('B', True, 'basic'): ['stem_conv', 'stage1_block0/conv1', 'stage1_block0/conv2',
+                             'stage2_block0/conv1', 'stage2_block0/conv2',
+                             'stage3_block0/conv1', 'stage3_block0/conv2'],
+      ('B', False, 'bottleneck'): ['stem_bn', 'stage1_block0/bn2', 'stage2_block0/bn2',
+                                   'stage3_block0/bn2'],
+  }
+  for (shortcut, preact, block), layers in expected.items():
     config = identity.get_config('quick')
-    config.model.depth, config.model.shortcut, config.model.preact = 8, shortcut, preact
+    config.model.depth = 11 if block == 'bottleneck' else 8
+    config.model.shortcut, config.model.preact, config.model.block = shortcut, preact, block
     model = presets.build_model(config.model, 10)
     images = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
     variables = model.init(jax.random.key(1), images, train=False)
-    rows = identity.branch_responses(config, variables, images, 10)
-    assert [row['block'] for row in rows] == ['stage1_block0', 'stage2_block0', 'stage3_block0']
-    assert all(row['ratio'] > 0 and row['std'] > 0 for row in rows)
+    rows = identity.layer_responses(config, variables, images, 10)
+    assert [row['layer'] for row in rows] == (layers or expected[('A', False, 'basic')])
+    assert all(row['std'] > 0 for row in rows)
+
+
+def test_identity_sweeps_the_nets_of_fig_7():
+  points = experiment('identity').get_sweep()
+  assert [(p['model.shortcut'], p['model.depth']) for p in points] == [
+      ('none', 20), ('none', 56), ('A', 20), ('A', 56), ('A', 110)]
 
 
 @pytest.mark.parametrize('name', ['identity', 'gradient_flow'])
@@ -112,7 +132,7 @@ def test_per_block_measurements_refuse_scanned_stages_in_one_line(name):
   config.model.scan_blocks = True
   with pytest.raises(presets.ConfigError, match='scan_blocks=false'):
     if name == 'identity':
-      experiment(name).branch_responses(config, {}, None, 10)
+      experiment(name).layer_responses(config, {}, None, 10)
     else:
       experiment(name).common.block_names(config.model, name)  # as run_point reads them
 
