@@ -2,7 +2,14 @@
 reading a trained run back, and the figure conventions.
 
 An experiment's argument is a comma list of variant names and `key=N` numbers, e.g.
-`experiments/degradation.py:quick,seeds=3`.
+`experiments/degradation.py:quick,seeds=3`. Every experiment has three sizes:
+
+* default: the paper's setup (for a GPU);
+* `:cpu`: the smallest setting on the real CIFAR-10 at which the paper's effect was
+  measured to stand clear of the seed-to-seed spread, within 45 minutes on this project's
+  2-core CPU (the measured figures are in each docstring and the README);
+* `:quick`: a plumbing check for the tests, minutes on a CPU; it shows nothing about the
+  papers' claims.
 """
 
 from __future__ import annotations
@@ -26,9 +33,12 @@ QUICK_BATCH = 32
 QUICK_LEARNING_RATE = 0.05
 
 
-def parse_arg(arg: str | None, variants: Sequence[str] = ('quick',),
+CPU_SEEDS = 2  # the :cpu variants show the seed-to-seed spread
+
+
+def parse_arg(arg: str | None, variants: Sequence[str] = ('quick', 'cpu'),
               numbers: Sequence[str] = ('seeds',)) -> dict[str, Any]:
-  """'quick,seeds=3' -> {'quick': True, 'seeds': 3}; unset numbers are None."""
+  """'quick,seeds=3' -> {'quick': True, 'cpu': False, 'seeds': 3}; unset numbers are None."""
   options: dict[str, Any] = {name: False for name in variants}
   options.update({name: None for name in numbers})
   for token in filter(None, (t.strip() for t in (arg or '').split(','))):
@@ -41,19 +51,27 @@ def parse_arg(arg: str | None, variants: Sequence[str] = ('quick',),
       allowed = list(variants) + [f'{n}=N' for n in numbers]
       raise ConfigError(f'unknown experiment argument {token!r}; allowed: {", ".join(allowed)} '
                         '(combine with commas, e.g. :quick,seeds=3)')
+  if options.get('quick') and options.get('cpu'):
+    raise ConfigError("choose one of the experiment sizes 'quick' and 'cpu', not both")
   return options
 
 
 def seeds(options: dict[str, Any], default: int = 1) -> list[sweep.Point]:
-  return sweep.axis('seed', list(range(options.get('seeds') or default)))
+  """Seeds 0..n-1: `seeds=n`, else CPU_SEEDS for :cpu, else `default`."""
+  count = options.get('seeds') or (CPU_SEEDS if options.get('cpu') else default)
+  return sweep.axis('seed', list(range(count)))
+
+
+def size(options: dict[str, Any]) -> str:
+  """'quick', 'cpu' or 'full': which of an experiment's settings to use."""
+  return 'quick' if options.get('quick') else 'cpu' if options.get('cpu') else 'full'
 
 
 def shortcut_depth_sweep(options: dict[str, Any], shortcuts: Sequence[str],
-                         quick_depths: Sequence[int], full_depths: Sequence[int]) -> list:
-  """Every shortcut x every depth (the quick list in quick mode) x the seeds."""
-  depths = quick_depths if options['quick'] else full_depths
+                         depths: dict[str, Sequence[int]]) -> list:
+  """Every shortcut x every depth of the chosen size (depths[size]) x the seeds."""
   return sweep.product(sweep.axis('model.shortcut', list(shortcuts)),
-                       sweep.axis('model.depth', list(depths)), seeds(options))
+                       sweep.axis('model.depth', list(depths[size(options)])), seeds(options))
 
 
 def block_names(model_config, experiment: str) -> list[str]:
@@ -89,6 +107,17 @@ def make_quick(config, *, train_examples: int = QUICK_TRAIN_EXAMPLES,
   config.log_every_steps = log_every
   config.eval_every_epochs = float(epochs)
   config.checkpoint_every_steps = 100
+  config.keep_checkpoints = 1
+  return config
+
+
+def make_cpu(config, *, epochs: float, train_examples: int = -1, evaluations: int = 4):
+  """The :cpu size: the short cosine schedule of configs/resnet_cifar.py:cpu
+  (config.short_cpu_recipe) for `epochs` on `train_examples` real training images (all by
+  default), with `evaluations` evaluations of the whole test split along the way."""
+  from resnet_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  config_lib.short_cpu_recipe(config, epochs=epochs, train_examples=train_examples)
+  config.eval_every_epochs = epochs / evaluations
   config.keep_checkpoints = 1
   return config
 

@@ -44,8 +44,7 @@ import numpy as np
 from experiments import common
 from resnet_jax import report, sweep
 
-FULL_DEPTHS = (20, 32, 44, 56, 110)
-QUICK_DEPTHS = (8, 20, 56)
+DEPTHS = {'full': (20, 32, 44, 56, 110), 'cpu': (20, 56, 110), 'quick': (8, 20, 56)}
 SHORTCUTS = ('none', 'A')
 LABELS = {'none': 'plain', 'A': 'ResNet'}
 TITLES = {'none': 'plain nets', 'A': 'residual nets (option A)'}
@@ -69,8 +68,7 @@ def get_config(arg=None):
 
 
 def get_sweep(arg=None):
-  return common.shortcut_depth_sweep(common.parse_arg(arg), SHORTCUTS, QUICK_DEPTHS,
-                                     FULL_DEPTHS)
+  return common.shortcut_depth_sweep(common.parse_arg(arg), SHORTCUTS, DEPTHS)
 
 
 # ----------------------------------------------------------------------------- measurement

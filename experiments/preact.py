@@ -10,8 +10,10 @@ Command:   python launch.py --config=experiments/preact.py --sweep \
            seeds: :seeds=3 ; quick: :quick
 Sweep:     (ResNet-110 basic, ResNet-164 bottleneck) x (original, pre-activation), both
            with projection shortcuts where the shape changes, the recipe of
-           configs/preact_cifar.py (64k iterations, lr 0.1 /10 at 32k and 48k, one warm-up
-           epoch). :quick is depth 20 (basic) and 29 (bottleneck) on 4,096 training
+           configs/preact_cifar.py (64k iterations, lr 0.1 /10 at 32k and 48k, lr 0.01 for
+           the first 400). :cpu is ResNet-56 (basic), original vs pre-activation, seeds 0/1,
+           on all 50,000 training images for 2 epochs with configs/resnet_cifar.py:cpu's
+           schedule. :quick is depth 20 (basic) and 29 (bottleneck) on 4,096 training
            images for 2 epochs at batch 32 (256 steps).
 Expected:  Table 2 (CIFAR-10 test error): ResNet-110 original 6.61%, pre-activation 6.37%;
            ResNet-164 original 5.93%, pre-activation 5.46%.
@@ -26,8 +28,10 @@ from __future__ import annotations
 from experiments import common
 from resnet_jax import report, sweep
 
-FULL = ((110, 'basic'), (164, 'bottleneck'))
-QUICK = ((20, 'basic'), (29, 'bottleneck'))
+ARCHITECTURES = {'full': ((110, 'basic'), (164, 'bottleneck')),
+                 'cpu': ((56, 'basic'),),
+                 'quick': ((20, 'basic'), (29, 'bottleneck'))}
+CPU_EPOCHS = 2  # on all 50,000 training images
 LABELS = {False: 'original', True: 'pre-activation'}
 
 
@@ -37,12 +41,14 @@ def get_config(arg=None):
   config = preact_cifar.get_config()
   if options['quick']:
     common.make_quick(config)
+  if options['cpu']:
+    common.make_cpu(config, epochs=CPU_EPOCHS)
   return config
 
 
 def get_sweep(arg=None):
   options = common.parse_arg(arg)
-  architectures = QUICK if options['quick'] else FULL
+  architectures = ARCHITECTURES[common.size(options)]
   return sweep.product(
       sweep.zip(sweep.axis('model.depth', [depth for depth, _ in architectures]),
                 sweep.axis('model.block', [block for _, block in architectures])),

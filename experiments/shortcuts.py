@@ -10,7 +10,9 @@ Command:   python launch.py --config=experiments/shortcuts.py --sweep \
                --workdir=runs/shortcuts --config.dataset.path=<CIFAR-10>
            other depth: :depth=110 ; seeds: :seeds=3 ; quick: :quick
 Sweep:     shortcut A/B/C/none at ResNet-56 with the He et al. 2015 CIFAR recipe
-           (configs/resnet_cifar.py). :quick is ResNet-20 on 4,096 training images for
+           (configs/resnet_cifar.py). :cpu is A/B/C at ResNet-32, seeds 0/1, on all 50,000
+           training images for 2 epochs with configs/resnet_cifar.py:cpu's schedule.
+           :quick is ResNet-20 on 4,096 training images for
            2 epochs at batch 32 (256 steps), one test evaluation at the end.
 Expected:  Table 3 (ImageNet, ResNet-34, top-1 10-crop error): plain 28.54%, A 25.03%,
            B 24.52%, C 24.19%. On CIFAR-10 at depth 56: A, B and C within a few tenths of
@@ -27,8 +29,9 @@ from experiments import common
 from resnet_jax import report, sweep
 
 OPTIONS = ('A', 'B', 'C', 'none')
-FULL_DEPTH = 56
-QUICK_DEPTH = 20
+DEPTHS = {'full': 56, 'cpu': 32, 'quick': 20}
+CPU_OPTIONS = ('A', 'B', 'C')  # the plain twin is the degradation experiment's
+CPU_EPOCHS = 2  # on all 50,000 training images
 
 
 def _options(arg):
@@ -38,14 +41,18 @@ def _options(arg):
 def get_config(arg=None):
   options = _options(arg)
   config = common.he2015_cifar()
-  config.model.depth = options['depth'] or (QUICK_DEPTH if options['quick'] else FULL_DEPTH)
+  config.model.depth = options['depth'] or DEPTHS[common.size(options)]
   if options['quick']:
     common.make_quick(config)
+  if options['cpu']:
+    common.make_cpu(config, epochs=CPU_EPOCHS)
   return config
 
 
 def get_sweep(arg=None):
-  return sweep.product(sweep.axis('model.shortcut', OPTIONS), common.seeds(_options(arg)))
+  options = _options(arg)
+  shortcuts = CPU_OPTIONS if options['cpu'] else OPTIONS
+  return sweep.product(sweep.axis('model.shortcut', shortcuts), common.seeds(options))
 
 
 def analyze(workdir, runs) -> str:

@@ -10,6 +10,8 @@ Command:   python launch.py --config=experiments/wrn_width.py --sweep \
            seeds: :seeds=3 ; with dropout 0.3: --config.model.dropout_rate=0.3 ; quick: :quick
 Sweep:     depth 16/22/28/40 x width 1/2/4/8/10 (20 nets) with the recipe of configs/wrn.py
            (200 epochs, SGD Nesterov, lr 0.1 x0.2 at 60/120/160, wd 5e-4, batch 128).
+           :cpu is WRN-16-2 (0.69M params) against WRN-40-1 (0.56M), seeds 0/1, on all
+           50,000 training images for 3 epochs with configs/resnet_cifar.py:cpu's schedule.
            :quick is depth 10/16 x width 1/2 on 4,096 training images for 2 epochs
            at batch 32 (256 steps).
 Expected:  CIFAR-10 test error (paper, no dropout): WRN-40-4 4.97% (8.9M params), WRN-16-8
@@ -30,6 +32,10 @@ import math
 from experiments import common
 from resnet_jax import metrics, report, sweep
 
+# (depth, k) pairs of the :cpu variant: a wide, shallow net and a thin, deep one of
+# similar parameter count (0.69M and 0.56M).
+CPU_NETS = ((16, 2), (40, 1))
+CPU_EPOCHS = 3  # on all 50,000 training images
 FULL_DEPTHS = (16, 22, 28, 40)
 FULL_WIDTHS = (1, 2, 4, 8, 10)
 QUICK_DEPTHS = (10, 16)
@@ -42,11 +48,17 @@ def get_config(arg=None):
   config = wrn.get_config()
   if options['quick']:
     common.make_quick(config)
+  if options['cpu']:
+    common.make_cpu(config, epochs=CPU_EPOCHS)
   return config
 
 
 def get_sweep(arg=None):
   options = common.parse_arg(arg)
+  if options['cpu']:
+    return sweep.product(sweep.zip(sweep.axis('model.depth', [d for d, _ in CPU_NETS]),
+                                   sweep.axis('model.width', [k for _, k in CPU_NETS])),
+                         common.seeds(options))
   quick = options['quick']
   return sweep.product(sweep.axis('model.depth', QUICK_DEPTHS if quick else FULL_DEPTHS),
                        sweep.axis('model.width', QUICK_WIDTHS if quick else FULL_WIDTHS),

@@ -27,13 +27,24 @@ def private_caches(tmp_path_factory, monkeypatch):
 
 
 @pytest.mark.parametrize('name', NAMES)
-@pytest.mark.parametrize('arg', [None, 'quick', 'quick,seeds=2'])
+@pytest.mark.parametrize('arg', [None, 'quick', 'quick,seeds=2', 'cpu', 'cpu,seeds=3'])
 def test_every_variant_expands_to_valid_points(name, arg, tmp_path):
   module = experiment(name)
   runs = sweep.expand(module.get_config(arg), module.get_sweep(arg), tmp_path)
   assert len({run.name for run in runs}) == len(runs) >= 2
   if arg and 'seeds=2' in arg:
     assert {run.overrides['seed'] for run in runs} == {0, 1}
+  if arg and 'seeds=3' in arg:
+    assert {run.overrides['seed'] for run in runs} == {0, 1, 2}
+
+
+@pytest.mark.parametrize('name', TRAINED)
+def test_cpu_variants_train_on_all_of_cifar_10_with_two_seeds_and_say_what_they_measured(name):
+  module = experiment(name)
+  config = module.get_config('cpu')
+  assert config.dataset.max_train_examples == -1
+  assert {point['seed'] for point in module.get_sweep('cpu')} == {0, 1}
+  assert ':cpu' in module.__doc__
 
 
 @pytest.mark.parametrize('name', NAMES)
@@ -60,6 +71,8 @@ def test_the_default_variants_follow_the_papers():
 def test_an_unknown_experiment_argument_is_one_clear_line():
   with pytest.raises(ConfigError, match="unknown experiment argument 'quik'"):
     experiment('degradation').get_config('quik')
+  with pytest.raises(ConfigError, match="'quick' and 'cpu', not both"):
+    experiment('degradation').get_config('quick,cpu')
 
 
 # ----------------------------------------------------------------------------- analyses
@@ -152,7 +165,7 @@ def test_gradient_flow_quick_runs_end_to_end(tmp_path):
   rows = sweep.main(config, str(ROOT / 'experiments/gradient_flow.py:quick'), tmp_path / 'w')
   assert [row['status'] for row in rows] == ['done'] * 6
   depths = {row['model.depth'] for row in rows}
-  assert depths == set(module.QUICK_DEPTHS)
+  assert depths == set(module.DEPTHS['quick'])
   for row in rows:
     gradients = json.loads((tmp_path / 'w' / row['name'] / 'gradients.json').read_text())
     assert [r['step'] for r in gradients['records']] == [0, 1, 2]
