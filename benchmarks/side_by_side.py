@@ -1,12 +1,18 @@
 """The CPU table of benchmarks/RESULTS.md: resnet_jax's bench mode next to PyTorch.
 
-    python benchmarks/side_by_side.py            # every row (about 20 min on 2 cores)
+    python benchmarks/side_by_side.py            # every row (about 30 min on 2 cores)
     python benchmarks/side_by_side.py resnet20   # rows whose name contains 'resnet20'
     python benchmarks/side_by_side.py --no-torch
+    python benchmarks/side_by_side.py --flax_models_py=<flax>/examples/imagenet/models.py
 
-Each row runs `launch.py --mode=bench` and benchmarks/torch_reference.py (the same network
-and step in torch.nn, all cores) in fresh processes, one after the other, and prints a
-markdown row. Nothing else should run on the machine meanwhile.
+First it prints the processor and the XLA:CPU settings chosen for it
+(resnet_jax/cpu_settings.py, measured once per processor and jax version). Then each row
+runs `launch.py --mode=bench` twice, with XLA's own defaults and with the chosen settings,
+and benchmarks/torch_reference.py (the same network and step in torch.nn, all cores), in
+fresh processes one after the other, and prints a markdown row with the ratio of the
+chosen settings to torch. With --flax_models_py the ResNet-50 row also times the Flax
+ImageNet example's model and step (benchmarks/flax_example.py). Nothing else should run on
+the machine meanwhile.
 """
 
 from __future__ import annotations
@@ -55,25 +61,50 @@ def _last_json(command: list[str], env: dict) -> dict:
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+# The Flax example's model for the rows that have one, and its flags.
+FLAX_ROWS = {'resnet50': ['--model=ResNet50', '--image_size=128', '--batch_size=16'],
+             'resnet18': ['--model=ResNet18', '--image_size=64', '--batch_size=32']}
+
+
 def main(argv: list[str]) -> None:
   with_torch = '--no-torch' not in argv
+  flax_models = next((a.split('=', 1)[1] for a in argv if a.startswith('--flax_models_py=')), None)
   wanted = [a for a in argv if not a.startswith('--')]
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
-  print('| model | px | batch | img/s | ms/step | compile s (cold) | GFLOP/step | MFU | '
-        'torch img/s |')
-  print('|---|---|---|---|---|---|---|---|---|')
+  chosen = subprocess.run([sys.executable, '-m', 'resnet_jax.cpu_settings'], cwd=ROOT, env=env,
+                          capture_output=True, text=True, check=True).stdout.strip()
+  from resnet_jax import cpu_settings  # pylint: disable=g-import-not-at-top
+  processor = cpu_settings.processor()
+  print(f'processor: {processor["model"]} ({processor["extensions"]}), {processor["cores"]} '
+        f'cores; jax {processor["jax"]}')
+  print(chosen.splitlines()[-1])
+  print()
+  print('| model | px | batch | img/s, XLA defaults | img/s, chosen | ms/step | compile s (cold) '
+        '| GFLOP/step | MFU | torch img/s | chosen / torch | Flax example img/s |')
+  print('|---|---|---|---|---|---|---|---|---|---|---|---|')
+  bench = lambda flags, setting: _last_json(
+      [sys.executable, 'launch.py', *flags, '--mode=bench'],
+      {**env, 'RESNET_JAX_COMPILATION_CACHE': '0', **setting})
   for name, flags, torch_flags in ROWS:
     if wanted and not any(w in name for w in wanted):
       continue
-    ours = _last_json([sys.executable, 'launch.py', *flags, '--mode=bench'],
-                      {**env, 'RESNET_JAX_COMPILATION_CACHE': '0'})
+    defaults = bench(flags, {'RESNET_JAX_CPU_SETTINGS': 'xla_defaults'})
+    ours = bench(flags, {})
     torch = (_last_json([sys.executable, 'benchmarks/torch_reference.py', *torch_flags], env)
              if with_torch and torch_flags else None)
+    flax = (_last_json([sys.executable, 'benchmarks/flax_example.py',
+                        f'--models_py={flax_models}', *FLAX_ROWS[name]], env)
+            if flax_models and name in FLAX_ROWS else None)
     torch_cell = f'{torch["img_per_s"]:.1f}' if torch else '-'
+    ratio = f'{ours["img_per_s"] / torch["img_per_s"]:.2f}x' if torch else '-'
+    flax_cell = (f'{flax["img_per_s"]:.1f} ({ours["img_per_s"] / flax["img_per_s"]:.1f}x)'
+                 if flax else '-')
     label = ours['model'] + (' (scan)' if 'scan' in name else '')
     print(f'| {label} | {ours["image_size"]} | {ours["batch_size"]} | '
-          f'{ours["img_per_s"]:.1f} | {ours["step_time_s"] * 1e3:.0f} | {ours["compile_s"]:.1f} | '
-          f'{ours["flops_per_step"] / 1e9:.1f} | {ours["mfu"]:.1%} | {torch_cell} |', flush=True)
+          f'{defaults["img_per_s"]:.1f} | {ours["img_per_s"]:.1f} | '
+          f'{ours["step_time_s"] * 1e3:.0f} | {ours["compile_s"]:.1f} | '
+          f'{ours["flops_per_step"] / 1e9:.1f} | {ours["mfu"]:.1%} | {torch_cell} | {ratio} | '
+          f'{flax_cell} |', flush=True)
 
 
 if __name__ == '__main__':
