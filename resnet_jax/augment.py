@@ -103,3 +103,25 @@ def normalize(images: jax.Array, mean: Sequence[float], std: Sequence[float],
   scale = 1.0 / (255.0 * std)
   offset = -mean / std
   return (images.astype(jnp.float32) * scale + offset).astype(dtype)
+
+
+# fb.resnet.torch datasets/imagenet.lua `pca`: the eigenvalues and eigenvectors (the
+# columns of IMAGENET_PCA_EIGVEC) of ImageNet's RGB pixel covariance, pixels in [0, 1].
+IMAGENET_PCA_EIGVAL = (0.2175, 0.0188, 0.0045)
+IMAGENET_PCA_EIGVEC = ((-0.5675, 0.7192, 0.4009),
+                       (-0.5808, -0.0045, -0.8140),
+                       (-0.5836, -0.6948, 0.4203))
+
+
+def pca_lighting(key: jax.Array, batch: int, alpha_std: float) -> jax.Array:
+  """AlexNet's colour augmentation: one RGB offset per example, float32 [batch, 3].
+
+  Krizhevsky et al. 2012 (Sec. 4.1) add eigvec @ (alpha * eigval) to every pixel, with
+  alpha ~ N(0, alpha_std) drawn per example and component; fb.resnet.torch's
+  `Lighting(0.1, eigval, eigvec)` (datasets/transforms.lua) does so in [0, 1] pixel
+  units, before its per-channel normalisation. Add the result / std after `normalize`.
+  """
+  alpha = alpha_std * jax.random.normal(key, (batch, 3), jnp.float32)
+  eigval = jnp.asarray(IMAGENET_PCA_EIGVAL, jnp.float32)
+  eigvec = jnp.asarray(IMAGENET_PCA_EIGVEC, jnp.float32)
+  return (alpha * eigval) @ eigvec.T

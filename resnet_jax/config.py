@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from resnet_jax import presets
+from resnet_jax import imagenet, presets, preprocessing
 from resnet_jax.presets import ConfigError
 
 LR_SCHEDULES = ('step', 'cosine', 'constant')
@@ -27,7 +27,14 @@ def default_config() -> ml_collections.ConfigDict:
       image_size=32,
       num_classes=-1,  # -1 = from the dataset
       cache_dir='',  # '' = $RESNET_JAX_CACHE or ~/.cache/resnet_jax
-      normalization='dataset',  # 'dataset': its own mean/std; 'imagenet': for pretrained weights
+      # How pixels become inputs (resnet_jax.preprocessing): 'dataset' per-channel mean/std
+      # of the train split | 'imagenet' ImageNet's, for pretrained weights | 'pixel_mean'
+      # the train split's mean image subtracted (He et al. 2015) | 'zca' GCN + ZCA
+      # whitening fitted on the train split (WRN Table 4, via pylearn2).
+      normalization='dataset',
+      # Held out of the train split, class-balanced and drawn by `seed`, evaluated as val/*;
+      # the best checkpoint is then chosen on it. He et al. 2015 used 5000 (45k/5k). 0 = none.
+      validation_examples=0,
   ))
   # He et al. 2015 CIFAR augmentation, applied on the device inside the train step.
   config.augment = ml_collections.ConfigDict(dict(
@@ -36,6 +43,11 @@ def default_config() -> ml_collections.ConfigDict:
       flip=True,  # random horizontal flip
       cutout=0,  # side of a cutout square (DeVries & Taylor 2017); 0 = off
       resize_to=0,  # resize on the device to this side (e.g. 32 px up to 224); 0 = off
+      # Streamed ImageNet only (resnet_jax.imagenet):
+      train_crop='random_resized',  # 'random_resized' (torchvision) | 'scale' (He et al. 2015)
+      scale_range=(256, 480),  # 'scale': the shorter side is resized to a size drawn from this
+      pca_noise=0.0,  # std of AlexNet's PCA colour noise (fb.resnet.torch: 0.1); 0 = off
+      eval_crops=1,  # 1: centre 224 of the image resized to 256 | 10: ten-crop, logits averaged
   ))
 
   config.batch_size = 128  # global, split over all devices of all hosts
@@ -144,9 +156,9 @@ def _check_positive(config, key: str) -> None:
     raise ConfigError(f'{key}={config[key]} is not valid: it must be > 0')
 
 
-def _check_choice(config, key: str, allowed) -> None:
+def _check_choice(config, key: str, allowed, prefix: str = '') -> None:
   if config[key] not in allowed:
-    raise ConfigError(f'{key}={config[key]!r} is not valid; allowed: '
+    raise ConfigError(f'{prefix}{key}={config[key]!r} is not valid; allowed: '
                       f'{", ".join(repr(a) for a in allowed)}')
 
 
@@ -173,22 +185,53 @@ def validate(config) -> None:
   _check_choice(config, 'lr_schedule', LR_SCHEDULES)
   _check_choice(config, 'optimizer', OPTIMIZERS)
   _check_choice(config, 'finetune_mode', FINETUNE_MODES)
-  if config.dataset.normalization not in ('dataset', 'imagenet'):
-    raise ConfigError(f'dataset.normalization={config.dataset.normalization!r} is not valid; '
-                      "allowed: 'dataset', 'imagenet'")
+  _validate_data(config)
   if config.finetune_mode != 'full' and not config.init_from:
     raise ConfigError(f'finetune_mode={config.finetune_mode!r} needs pretrained weights: set '
                       '--config.init_from=<dir from python -m resnet_jax.convert>')
-  if config.augment.resize_to < 0:
-    raise ConfigError('augment.resize_to must be >= 0 (0 = off)')
   for key in ('lr_boundaries_epochs', 'lr_boundaries_steps'):
     boundaries = list(config[key])
     if boundaries != sorted(boundaries) or any(b <= 0 for b in boundaries):
       raise ConfigError(f'{key}={tuple(boundaries)} must be increasing and > 0')
-  if config.augment.pad_mode not in ('constant', 'reflect'):
-    raise ConfigError(f'augment.pad_mode={config.augment.pad_mode!r} is not valid; allowed: '
-                      "'constant', 'reflect'")
-  if config.augment.crop_padding < 0 or config.augment.cutout < 0:
-    raise ConfigError('augment.crop_padding and augment.cutout must be >= 0')
-  if config.dataset.image_size < 8:
-    raise ConfigError(f'dataset.image_size={config.dataset.image_size} is too small; use >= 8')
+
+
+def _validate_data(config) -> None:
+  """The dataset.* and augment.* keys; what depends on the data itself (class counts,
+  split sizes) is checked when it is loaded, with the same one-line errors."""
+  dataset, augment = config.dataset, config.augment
+  streamed = dataset.name == 'imagenet2012'
+  if dataset.image_size < 8:
+    raise ConfigError(f'dataset.image_size={dataset.image_size} is too small; use >= 8')
+  _check_choice(dataset, 'normalization', preprocessing.NORMALIZATIONS, 'dataset.')
+  if dataset.normalization == 'zca' and dataset.image_size > 32:
+    raise ConfigError(f"dataset.normalization='zca' whitens with a (3 x image_size^2)^2 matrix, "
+                      f'fitted in time cubic in its side (3072 at 32 px: 90-98 s on 2 CPU cores); '
+                      f'image_size={dataset.image_size} is too large: use 32 or less')
+  if streamed and dataset.normalization in preprocessing.FITTED:
+    raise ConfigError(f'dataset.normalization={dataset.normalization!r} is fitted on an '
+                      'in-memory train split; for imagenet2012 use \'imagenet\'')
+  if dataset.validation_examples < 0 or (streamed and dataset.validation_examples):
+    raise ConfigError(f'dataset.validation_examples={dataset.validation_examples} is not valid: '
+                      'use 0 or a positive multiple of the class count (in-memory datasets; '
+                      'imagenet2012 evaluates on its own validation split)')
+  _check_choice(augment, 'pad_mode', ('constant', 'reflect'), 'augment.')
+  if augment.crop_padding < 0 or augment.cutout < 0 or augment.resize_to < 0:
+    raise ConfigError('augment.crop_padding, augment.cutout and augment.resize_to must be >= 0 '
+                      '(0 = off)')
+  _check_choice(augment, 'train_crop', imagenet.TRAIN_CROPS, 'augment.')
+  _check_choice(augment, 'eval_crops', imagenet.EVAL_CROPS, 'augment.')
+  low, high = (tuple(augment.scale_range) + (0, 0))[:2]
+  if augment.train_crop == 'scale' and (len(augment.scale_range) != 2 or
+                                        not dataset.image_size <= low <= high):
+    raise ConfigError(f'augment.scale_range={tuple(augment.scale_range)} is not valid: use '
+                      f'(low, high) with dataset.image_size={dataset.image_size} <= low <= high')
+  if augment.pca_noise < 0:
+    raise ConfigError(f'augment.pca_noise={augment.pca_noise} must be >= 0 (0 = off)')
+  imagenet_only = {'augment.train_crop': augment.train_crop != 'random_resized',
+                   'augment.eval_crops': augment.eval_crops != 1,
+                   'augment.pca_noise': augment.pca_noise > 0}
+  misplaced = [key for key, changed in imagenet_only.items() if changed]
+  if misplaced and not streamed:
+    raise ConfigError(f'{", ".join(misplaced)}: only for the streamed imagenet2012 pipeline '
+                      '(ImageNet crops and colour statistics); leave the default for '
+                      f'dataset.name={dataset.name!r}')

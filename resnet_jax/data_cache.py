@@ -3,6 +3,9 @@
 Decoding a copy (tens of thousands of JPEGs, or a download) costs seconds to
 minutes; reading the arrays back costs milliseconds. An entry is written
 atomically, and a damaged one is deleted and rebuilt rather than trusted.
+
+An entry also keeps what was fitted on a train subset of it (a ZCA matrix: 90-98 s of
+numpy for CIFAR-10 on 2 CPU cores), one .npz per subset and recipe, beside the arrays.
 """
 
 import hashlib
@@ -113,3 +116,42 @@ def recorded_class_names(path: Path) -> tuple[str, ...] | None:
     return tuple(json.loads((path / 'meta.json').read_text())['class_names'])
   except (OSError, ValueError, KeyError):
     return None
+
+
+def fitted_path(entry: Path, recipe: str, train_ids) -> Path:
+  """Where arrays fitted with `recipe` on the entry's train examples `train_ids` live.
+
+  `train_ids` (None = every example) is part of the key: a validation hold-out or a
+  max_train_examples subset changes what is fitted.
+  """
+  ids = b'all' if train_ids is None else np.ascontiguousarray(train_ids, np.int64).tobytes()
+  digest = hashlib.sha256(recipe.encode() + b'|' + ids).hexdigest()[:20]
+  return entry / f'fitted-{recipe}-{digest}.npz'
+
+
+def read_fitted(path: Path) -> dict[str, np.ndarray] | None:
+  """Arrays written by `write_fitted`, or None when absent or unreadable."""
+  if not path.is_file():
+    return None
+  try:
+    with np.load(path, allow_pickle=False) as stored:
+      return {name: stored[name] for name in stored.files}
+  except Exception as err:  # noqa: BLE001 - any damage means "fit again".
+    log.warning('Ignoring unreadable %s (%s: %s); fitting again.', path, type(err).__name__, err)
+    return None
+
+
+def write_fitted(path: Path, arrays: dict[str, np.ndarray]) -> None:
+  """Writes atomically into an existing cache entry; a failure is only logged."""
+  if not path.parent.is_dir():
+    return
+  staging = None
+  try:
+    handle, staging = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.')
+    with os.fdopen(handle, 'wb') as out:
+      np.savez(out, **arrays)
+    os.replace(staging, path)
+  except OSError as err:  # Out of space, or a read-only cache.
+    log.warning('Cannot write %s (%s); continuing without it.', path, err)
+    if staging is not None:
+      Path(staging).unlink(missing_ok=True)

@@ -21,6 +21,7 @@ This module is the public API; the work is done by
   data_sources    a local copy, a tfds data_dir or a verified download,
   data_formats    archives, folders and the CIFAR/SVHN/image-folder parsers,
   data_cache      the decoded arrays on disk,
+  preprocessing   the per-pixel normalisations fitted on the train split,
   batching        the seeded batch plans,
   imagenet        the streamed ImageNet pipeline,
 whose public names are re-exported here.
@@ -31,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from resnet_jax import data_cache, data_formats, data_sources, dataset_config
+from resnet_jax import data_cache, data_formats, data_sources, dataset_config, preprocessing
 from resnet_jax.batching import epoch_permutation, eval_batches, train_batch_indices
 from resnet_jax.dataset_config import IN_MEMORY, STREAMED
 from resnet_jax.dataset_types import ArraySplit, DatasetError, DecodedCopy, Source
@@ -50,12 +51,15 @@ __all__ = [
 @dataclasses.dataclass(frozen=True)
 class InMemoryDataset:
   name: str
-  train: ArraySplit
+  train: ArraySplit  # what training sees: without the validation hold-out
   test: ArraySplit
   num_classes: int
   class_names: tuple[str, ...]
   mean: tuple[float, float, float]  # per-channel mean of the train split, in [0, 1]
   std: tuple[float, float, float]
+  validation: ArraySplit | None = None  # dataset.validation_examples held out of train
+  # A pixel_mean / zca normalisation fitted on `train` (resnet_jax.preprocessing.fit).
+  fitted: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
 
 _FIXED_NUM_CLASSES = {
@@ -100,35 +104,74 @@ def num_classes(dataset_cfg) -> int:
 def load_in_memory(dataset_cfg, seed: int = 0) -> InMemoryDataset:
   """Loads a small dataset as uint8 arrays, decoding it at most once per cache.
 
-  `seed` only affects synthetic data. A `max_train_examples` subset is drawn
-  with a fixed RNG, so it is the same for every seed; the test split is always
-  complete. mean/std are those of the (subset) train split.
+  `seed` draws the `validation_examples` hold-out (and synthetic data). The
+  `max_train_examples` subset of what remains is drawn with a fixed RNG, so without a
+  hold-out it is the same for every seed; the test split is always complete. mean/std,
+  and a pixel_mean or zca normalisation, are fitted on the train split that remains.
   """
   name = dataset_config.dataset_name(dataset_cfg)
   if name not in IN_MEMORY:
     raise DatasetError(
         f'{name} is too large to hold in memory; stream it with imagenet_stream'
         ' (the train loop does this for dataset.name=imagenet2012)')
+  entry = None
   if name == 'synthetic':
-    return _synthetic_dataset(dataset_cfg, seed)
-  copy, moments = _cached_copy(dataset_cfg, name)
-  expected_classes = _expected_num_classes(dataset_cfg, name)
-  if expected_classes not in (None, len(copy.class_names)):
-    raise DatasetError(
-        f'{copy.source} holds {len(copy.class_names)} classes but {name} needs'
-        f' {expected_classes}; point dataset.path at a {name} copy or fix'
-        ' dataset.num_classes')
-  subset = dataset_config.train_subset(
-      len(copy.train.labels), int(dataset_cfg.get('max_train_examples', -1)), name)
-  train = copy.train
-  if subset is not None:
-    train = ArraySplit(train.images[subset], train.labels[subset])
-    moments = moments[subset]
+    copy = _synthetic_copy(dataset_cfg, seed)
+    moments = _pixel_moments(copy.train.images)
+  else:
+    copy, moments, entry = _cached_copy(dataset_cfg, name)
+    expected_classes = _expected_num_classes(dataset_cfg, name)
+    if expected_classes not in (None, len(copy.class_names)):
+      raise DatasetError(
+          f'{copy.source} holds {len(copy.class_names)} classes but {name} needs'
+          f' {expected_classes}; point dataset.path at a {name} copy or fix'
+          ' dataset.num_classes')
+  train_ids, validation_ids = _train_and_validation_ids(
+      dataset_cfg, copy.train.labels, len(copy.class_names), seed, name)
+  train, validation = copy.train, None
+  if train_ids is not None:
+    train = ArraySplit(train.images[train_ids], train.labels[train_ids])
+    moments = moments[train_ids]
+  if validation_ids is not None:
+    validation = ArraySplit(copy.train.images[validation_ids], copy.train.labels[validation_ids])
   mean, std = _channel_stats(moments, train.images.shape[1] * train.images.shape[2])
   return InMemoryDataset(
       name=name, train=train, test=copy.test,
       num_classes=len(copy.class_names), class_names=copy.class_names,
-      mean=mean, std=std)
+      mean=mean, std=std, validation=validation,
+      fitted=_fitted_normalization(dataset_cfg, train.images, entry, train_ids))
+
+
+def _train_and_validation_ids(dataset_cfg, labels: np.ndarray, classes: int, seed: int,
+                              name: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+  """Indices into the decoded train split: (trained on, held out), None meaning all / none.
+
+  The hold-out comes first, so the max_train_examples subset never contains a
+  validation example.
+  """
+  validation_examples = int(dataset_cfg.get('validation_examples', 0))
+  split = dataset_config.validation_split(labels, classes, validation_examples, seed, name)
+  remaining, validation_ids = (None, None) if split is None else split
+  max_train = -1 if name == 'synthetic' else int(dataset_cfg.get('max_train_examples', -1))
+  count = len(labels) if remaining is None else len(remaining)
+  subset = dataset_config.train_subset(count, max_train, name, held_out=len(labels) - count)
+  if subset is None:
+    return remaining, validation_ids
+  return (subset if remaining is None else remaining[subset]), validation_ids
+
+
+def _fitted_normalization(dataset_cfg, train_images: np.ndarray, entry: Path | None,
+                          train_ids) -> dict[str, np.ndarray]:
+  """The pixel_mean or zca arrays of the train split; a ZCA fit is cached with the copy."""
+  normalization = dataset_cfg.get('normalization', 'dataset')
+  if normalization != 'zca' or entry is None:  # the mean image costs well under a second
+    return preprocessing.fit(normalization, train_images)
+  path = data_cache.fitted_path(entry, 'gcn55-zca0.1', train_ids)
+  fitted = data_cache.read_fitted(path)
+  if fitted is None:
+    fitted = preprocessing.fit(normalization, train_images)
+    data_cache.write_fitted(path, fitted)
+  return fitted
 
 
 def _expected_num_classes(dataset_cfg, name: str) -> int | None:
@@ -153,8 +196,12 @@ def _folder_class_names(dataset_cfg) -> tuple[str, ...]:
 # ----------------------------------------------------------------------------
 
 
-def _synthetic_dataset(dataset_cfg, seed: int) -> InMemoryDataset:
-  """Uniform random uint8 images and labels: for benchmarks and smoke runs."""
+def _synthetic_copy(dataset_cfg, seed: int) -> DecodedCopy:
+  """Uniform random uint8 images and labels: for benchmarks and smoke runs.
+
+  The train split has max_train_examples (default 1024) examples, plus the
+  validation_examples to be held out of it.
+  """
   classes = num_classes(dataset_cfg)
   size = dataset_config.image_size(dataset_cfg, 'synthetic')
   max_train = int(dataset_cfg.get('max_train_examples', -1))
@@ -169,13 +216,11 @@ def _synthetic_dataset(dataset_cfg, seed: int) -> InMemoryDataset:
     labels = rng.integers(0, classes, count, dtype=np.int32)
     return ArraySplit(images, labels)
 
-  train = split(max_train if max_train > 0 else _SYNTHETIC_TRAIN_SIZE)
+  held_out = max(int(dataset_cfg.get('validation_examples', 0)), 0)
+  train = split((max_train if max_train > 0 else _SYNTHETIC_TRAIN_SIZE) + held_out)
   test = split(_SYNTHETIC_TEST_SIZE)
-  mean, std = _channel_stats(_pixel_moments(train.images), size * size)
-  return InMemoryDataset(
-      name='synthetic', train=train, test=test, num_classes=classes,
-      class_names=tuple(f'class_{i}' for i in range(classes)),
-      mean=mean, std=std)
+  return DecodedCopy(source='synthetic', train=train, test=test,
+                     class_names=tuple(f'class_{i}' for i in range(classes)))
 
 
 # ----------------------------------------------------------------------------
@@ -213,17 +258,17 @@ def _channel_stats(moments: np.ndarray, pixels_per_image: int):
 # ----------------------------------------------------------------------------
 
 
-def _cached_copy(dataset_cfg, name: str) -> tuple[DecodedCopy, np.ndarray]:
-  """The decoded copy and its train moments, from the cache or freshly decoded."""
+def _cached_copy(dataset_cfg, name: str) -> tuple[DecodedCopy, np.ndarray, Path]:
+  """The decoded copy, its train moments and its cache entry (read, or decoded and written)."""
   source = _resolve_source(dataset_cfg, name)
   path = _cache_path(dataset_cfg, name, source)
   cached = data_cache.read_entry(path)
   if cached is not None:
-    return cached
+    return (*cached, path)
   copy = source.decode()
   moments = _pixel_moments(copy.train.images)
   data_cache.write_entry(path, copy, moments)
-  return copy, moments
+  return copy, moments, path
 
 
 def _cache_path(dataset_cfg, name: str, source: Source) -> Path:

@@ -3,6 +3,14 @@
 The stream follows the same seeded batch plan as the in-memory datasets
 (resnet_jax.batching), so resuming at a step replays exactly the batches a run
 without interruption would have seen, whatever the process count.
+
+Training crops (`augment.train_crop`): 'random_resized', the Inception-style crop of
+torchvision's reference recipe and fb.resnet.torch (datasets/imagenet.lua
+RandomSizedCrop), or 'scale', He et al. 2015's scale augmentation (Sec. 3.4); then a
+flip. Evaluation (`augment.eval_crops`): the centre 224 of the image resized to 256,
+or ten crops (its four corners and centre, and their mirror images), whose logits the
+eval step averages. AlexNet's PCA colour noise (`augment.pca_noise`) is added on the
+device (resnet_jax.augment.pca_lighting).
 """
 
 from collections.abc import Iterator
@@ -18,6 +26,8 @@ from resnet_jax.dataset_types import DatasetError
 _IMAGENET_SPLITS = {'train': 'train', 'validation': 'validation',
                     'test': 'validation', 'eval': 'validation'}
 _EVAL_CROP_FRACTION = 224 / 256  # resize to 256, centre-crop 224 (He et al. 2015)
+TRAIN_CROPS = ('random_resized', 'scale')
+EVAL_CROPS = (1, 10)
 # The stream has no end for training: the train loop decides when to stop.
 _UNBOUNDED_STEPS = 2**40
 # The customary ImageNet RGB statistics in [0, 1] (as in torchvision and the Flax
@@ -47,6 +57,26 @@ def random_resized_crop_box(rng: np.random.Generator, height: int, width: int,
   return center_crop_box(height, width, 1.0)
 
 
+def scale_augment_box(rng: np.random.Generator, height: int, width: int, size: int,
+                      scale_range=(256, 480)) -> tuple[float, float, float, float]:
+  """He et al. 2015 (Sec. 3.4) scale augmentation, as a crop box (left, top, right, bottom).
+
+  "The image is resized with its shorter side randomly sampled in [256, 480] ... A
+  224x224 crop is randomly sampled": the shorter side s is uniform over the integers of
+  `scale_range` (fb.resnet.torch transforms.lua RandomScale draws the same way), the
+  crop's offset uniform over the resized image. Returned in the original image's
+  coordinates, so one resize of the box gives the crop.
+  """
+  target = int(rng.integers(scale_range[0], scale_range[1] + 1))
+  factor = target / min(height, width)
+  # Whole pixels of the resized image, never past the original's border.
+  resized_h, resized_w = (max(size, int(side * factor + 1e-6)) for side in (height, width))
+  top = int(rng.integers(0, resized_h - size + 1))
+  left = int(rng.integers(0, resized_w - size + 1))
+  return (left / factor, top / factor, min(width, (left + size) / factor),
+          min(height, (top + size) / factor))
+
+
 def center_crop_box(height: int, width: int, fraction: float) -> tuple[int, int, int, int]:
   """Central square whose side is `fraction` of the shorter image side."""
   side = max(1, int(round(min(height, width) * fraction)))
@@ -63,15 +93,36 @@ def _resize_box(image: np.ndarray, box: tuple[int, int, int, int], size: int) ->
   return np.asarray(rgb.resize((size, size), Image.BILINEAR, box=box), np.uint8)
 
 
-def train_transform(image: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
-  """Random-resized crop to size x size, then a horizontal flip with probability 1/2."""
-  out = _resize_box(image, random_resized_crop_box(rng, *image.shape[:2]), size)
+def train_transform(image: np.ndarray, rng: np.random.Generator, size: int,
+                    crop: str = 'random_resized', scale_range=(256, 480)) -> np.ndarray:
+  """A size x size training crop ('random_resized' or 'scale'), then a flip with p = 1/2."""
+  if crop == 'scale':
+    box = scale_augment_box(rng, *image.shape[:2], size, scale_range)
+  else:
+    box = random_resized_crop_box(rng, *image.shape[:2])
+  out = _resize_box(image, box, size)
   return out[:, ::-1] if rng.random() < 0.5 else out
 
 
 def eval_transform(image: np.ndarray, size: int) -> np.ndarray:
   """Central crop of 224/256 of the short side, resized to size x size."""
   return _resize_box(image, center_crop_box(*image.shape[:2], _EVAL_CROP_FRACTION), size)
+
+
+def ten_crop_transform(image: np.ndarray, size: int) -> np.ndarray:
+  """The standard 10-crop test views, uint8 [10, size, size, 3].
+
+  Of the image resized to size / (224/256) on its shorter side (256 for 224): the
+  centre crop (eval_transform's), the four corner crops, then the mirror image of each
+  (fb.resnet.torch transforms.lua TenCrop; He et al. 2015 Table 3 reports 10-crop).
+  """
+  height, width = image.shape[:2]
+  left, top, right, bottom = center_crop_box(height, width, _EVAL_CROP_FRACTION)
+  side = right - left
+  boxes = [(left, top, right, bottom), (0, 0, side, side), (width - side, 0, width, side),
+           (0, height - side, side, height), (width - side, height - side, width, height)]
+  views = np.stack([_resize_box(image, box, size) for box in boxes])
+  return np.concatenate([views, views[:, :, ::-1]])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +140,8 @@ class _TrainRecord:
   per_process: int
   process_index: int
   image_size: int
+  crop: str = 'random_resized'
+  scale_range: tuple[int, int] = (256, 480)
 
   def __call__(self, position: int) -> dict:
     step, local_slot = divmod(position, self.per_process)
@@ -99,7 +152,8 @@ class _TrainRecord:
       index = int(self.example_ids[index])
     record = self.source[index]
     rng = np.random.default_rng([self.seed, step, slot])
-    return {'images': train_transform(record['image'], rng, self.image_size),
+    return {'images': train_transform(record['image'], rng, self.image_size, self.crop,
+                                      self.scale_range),
             'labels': np.int32(record['label'])}
 
 
@@ -111,6 +165,7 @@ class _EvalRecord:
   per_process: int
   process_index: int
   image_size: int
+  crops: int = 1
 
   def __call__(self, position: int) -> dict:
     batch, local_slot = divmod(position, self.per_process)
@@ -118,18 +173,21 @@ class _EvalRecord:
                        + self.process_index * self.per_process + local_slot)
     valid = global_position < len(self.source)
     record = self.source[global_position if valid else 0]
-    return {'images': eval_transform(record['image'], self.image_size),
+    transform = ten_crop_transform if self.crops == 10 else eval_transform
+    return {'images': transform(record['image'], self.image_size),
             'labels': np.int32(record['label']), 'mask': np.bool_(valid)}
 
 
 def imagenet_stream(dataset_cfg, split: str, global_batch: int, *, seed: int,
-                    start_step: int, process_index: int,
-                    process_count: int) -> Iterator[dict]:
+                    start_step: int, process_index: int, process_count: int,
+                    augment_cfg=None) -> Iterator[dict]:
   """This process's share of each global batch, from a tfds-prepared ImageNet.
 
   Yields {'images': uint8 [global_batch // process_count, S, S, 3],
   'labels': int32 [...]} (plus bool 'mask' for eval, where the last batch is
-  padded with example 0). Train batches follow train_batch_indices(seed, step)
+  padded with example 0; with augment.eval_crops=10 eval images are
+  [..., 10, S, S, 3]). `augment_cfg` (config.augment) picks the train crop and the
+  eval crops; None keeps the defaults. Train batches follow train_batch_indices(seed, step)
   and run forever from `start_step`; eval batches follow eval_batches and
   start at batch `start_step` (normally 0). Records are read and transformed
   by grain worker threads (Pillow releases the GIL while resizing).
@@ -147,6 +205,7 @@ def imagenet_stream(dataset_cfg, split: str, global_batch: int, *, seed: int,
         ' processes; use a multiple of the process count')
   per_process = global_batch // process_count
   image_size = dataset_config.image_size(dataset_cfg, name)
+  crop, scale_range, crops = _stream_augment(augment_cfg or {}, image_size)
   source = _streamed_source(dataset_cfg, name, _IMAGENET_SPLITS[split])
   if split == 'train':
     example_ids = dataset_config.train_subset(
@@ -154,16 +213,34 @@ def imagenet_stream(dataset_cfg, split: str, global_batch: int, *, seed: int,
     num_train = len(source) if example_ids is None else len(example_ids)
     batching.steps_per_epoch(num_train, global_batch)  # Fails here, not in a worker thread.
     transform = _TrainRecord(source, example_ids, seed, global_batch, per_process,
-                             process_index, image_size)
+                             process_index, image_size, crop, scale_range)
     stop_step = _UNBOUNDED_STEPS
   else:
-    transform = _EvalRecord(source, global_batch, per_process, process_index, image_size)
+    transform = _EvalRecord(source, global_batch, per_process, process_index, image_size,
+                            crops)
     stop_step = -(-len(source) // global_batch)
   positions = grain.MapDataset.range(start_step * per_process, stop_step * per_process)
   threads = min(16, 2 * len(os.sched_getaffinity(0)))
   records = positions.map(transform).to_iter_dataset(
       grain.ReadOptions(num_threads=threads, prefetch_buffer_size=2 * per_process))
   return iter(records.batch(per_process, drop_remainder=True))
+
+
+def _stream_augment(augment_cfg, image_size: int) -> tuple[str, tuple[int, int], int]:
+  """(train_crop, scale_range, eval_crops) from config.augment, checked."""
+  crop = augment_cfg.get('train_crop', 'random_resized')
+  scale_range = tuple(int(s) for s in augment_cfg.get('scale_range', (256, 480)))
+  crops = int(augment_cfg.get('eval_crops', 1))
+  if crop not in TRAIN_CROPS:
+    raise DatasetError(f'augment.train_crop={crop!r} is not valid; allowed: {TRAIN_CROPS}')
+  if crops not in EVAL_CROPS:
+    raise DatasetError(f'augment.eval_crops={crops} is not valid; allowed: {EVAL_CROPS}')
+  if crop == 'scale' and (len(scale_range) != 2 or
+                          not image_size <= scale_range[0] <= scale_range[1]):
+    raise DatasetError(
+        f'augment.scale_range={scale_range} is not valid: use (low, high) with'
+        f' dataset.image_size={image_size} <= low <= high, e.g. (256, 480)')
+  return crop, scale_range, crops
 
 
 def imagenet_split_sizes(dataset_cfg) -> dict[str, int]:

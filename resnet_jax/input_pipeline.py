@@ -4,7 +4,9 @@ Small datasets (CIFAR, SVHN) are placed once on every device as uint8 arrays; a 
 batch is then only its example indices, and the gather, augmentation and normalisation
 happen inside the jitted step. The indices come from `datasets.train_batch_indices`, a
 pure function of (seed, step): the data position is the step, so a resumed run reads
-exactly the batches an uninterrupted one would, on any number of devices.
+exactly the batches an uninterrupted one would, on any number of devices. A pixel_mean
+or zca normalisation's fitted arrays sit on the devices beside the images, and
+`local_batch` applies it as it gathers.
 
 Large datasets (ImageNet) stream through grain on the host; each process feeds its own
 rows of the global batch.
@@ -17,12 +19,12 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from resnet_jax import datasets, parallel
+from resnet_jax import datasets, parallel, preprocessing
 
 
 @dataclasses.dataclass
 class InMemoryInput:
-  """Train/test splits resident on every device; batches are index arrays."""
+  """Train/test (and validation) splits resident on every device; batches are index arrays."""
   dataset: datasets.InMemoryDataset
   mesh: Any
   seed: int
@@ -31,10 +33,16 @@ class InMemoryInput:
 
   def __post_init__(self):
     replicated = parallel.replicated(self.mesh)
-    self.train_arrays = parallel.put(
-        {'images': self.dataset.train.images, 'labels': self.dataset.train.labels}, replicated)
-    self.test_arrays = parallel.put(
-        {'images': self.dataset.test.images, 'labels': self.dataset.test.labels}, replicated)
+    fitted = parallel.put(self.dataset.fitted, replicated)  # one copy, shared by the splits
+
+    def resident(split: datasets.ArraySplit) -> dict:
+      return {**parallel.put({'images': split.images, 'labels': split.labels}, replicated),
+              **fitted}
+
+    self.train_arrays = resident(self.dataset.train)
+    self.test_arrays = resident(self.dataset.test)
+    self.validation_arrays = None if self.dataset.validation is None else \
+        resident(self.dataset.validation)
 
   @property
   def num_train(self) -> int:
@@ -48,10 +56,19 @@ class InMemoryInput:
     indices = datasets.train_batch_indices(self.seed, step, self.num_train, self.batch_size)
     return parallel.put({'indices': indices}, parallel.batch_sharded(self.mesh))
 
-  def eval_batches(self) -> Iterator[dict]:
+  def eval_batches(self, count: int | None = None) -> Iterator[dict]:
+    """Index batches over `count` examples (default: the test split), padding masked."""
     sharding = parallel.batch_sharded(self.mesh)
-    for indices, mask in datasets.eval_batches(self.num_test, self.eval_batch_size):
+    count = self.num_test if count is None else count
+    for indices, mask in datasets.eval_batches(count, self.eval_batch_size):
       yield parallel.put({'indices': indices, 'mask': mask}, sharding)
+
+  def eval_splits(self) -> Iterator[tuple[str, dict, Iterator[dict]]]:
+    """(metric prefix, arrays, batches): the test split as 'eval', the hold-out as 'val'."""
+    yield 'eval', self.test_arrays, self.eval_batches()
+    if self.validation_arrays is not None:
+      yield 'val', self.validation_arrays, self.eval_batches(
+          len(self.dataset.validation.labels))
 
 
 @dataclasses.dataclass
@@ -66,6 +83,7 @@ class StreamingInput:
   num_test: int
   train_arrays: dict = dataclasses.field(default_factory=dict)
   test_arrays: dict = dataclasses.field(default_factory=dict)
+  augment_config: Any = None  # config.augment: train crop, scale range, eval crops
 
   def __post_init__(self):
     self._train_iter = None
@@ -75,7 +93,8 @@ class StreamingInput:
     import jax
     return datasets.imagenet_stream(
         self.dataset_config, split, batch_size, seed=self.seed, start_step=start_step,
-        process_index=jax.process_index(), process_count=jax.process_count())
+        process_index=jax.process_index(), process_count=jax.process_count(),
+        augment_cfg=self.augment_config)
 
   def train_batch(self, step: int) -> dict:
     if self._train_iter is None or step != self._next_step:
@@ -88,9 +107,21 @@ class StreamingInput:
       batch.setdefault('mask', np.ones(len(batch['labels']), bool))
       yield parallel.put_process_batch(batch, self.mesh)
 
+  def eval_splits(self) -> Iterator[tuple[str, dict, Iterator[dict]]]:
+    """ImageNet's validation split is the evaluation ('eval'); nothing is held out."""
+    yield 'eval', self.test_arrays, self.eval_batches()
+
 
 def local_batch(arrays: dict, batch: dict):
-  """Per device: (uint8 images, int32 labels) of this device's share of the batch."""
-  if 'indices' in batch:
-    return arrays['images'][batch['indices']], arrays['labels'][batch['indices']]
-  return batch['images'], batch['labels']
+  """Per device: (images, int32 labels) of this device's share of the batch.
+
+  Images are uint8, except under a pixel_mean or zca normalisation (its fitted arrays are
+  in `arrays`), which is applied here, before augmentation: float32 network inputs.
+  Streamed batches may hold several crops per example: uint8 [N, crops, H, W, C].
+  """
+  if 'indices' not in batch:
+    return batch['images'], batch['labels']
+  images = arrays['images'][batch['indices']]
+  if any(name in arrays for name in preprocessing.FITTED_ARRAYS):
+    images = preprocessing.apply(images, arrays)
+  return images, arrays['labels'][batch['indices']]

@@ -163,7 +163,7 @@ class _GroupTraining:
     config, runs = self.config, self.runs
     checkpointers = [checkpoint.Checkpointer(
         run.workdir / 'checkpoints', max_to_keep=config.keep_checkpoints,
-        best_metric='eval/accuracy', best_mode='max') for run in runs]
+        best_metric=train.best_checkpoint_metric(run.config), best_mode='max') for run in runs]
     states = self._initial_states(checkpointers)
     if states is None:
       for ckpt in checkpointers:

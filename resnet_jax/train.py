@@ -51,13 +51,25 @@ def cross_entropy(logits, labels, num_classes: int, label_smoothing: float = 0.0
   return optax.softmax_cross_entropy(logits, targets)
 
 
-def device_images(images_uint8, keys, config, mean, std, dtype):
-  """Augments (when `keys` is given) and normalises one device's uint8 images."""
+def device_images(images, keys, config, mean, std, dtype):
+  """Augments (when `keys` is given) and normalises one device's images.
+
+  uint8 images are normalised per channel after crop and flip. float32 images arrive
+  normalised already (a pixel_mean or zca normalisation, which the authors applied
+  before augmenting; input_pipeline.local_batch) and are only augmented.
+  """
   if keys is not None and (config.augment.crop_padding or config.augment.flip):
-    images_uint8 = jax.vmap(lambda key, image: augment.random_crop_flip(
+    images = jax.vmap(lambda key, image: augment.random_crop_flip(
         key, image[None], config.augment.crop_padding, config.augment.flip,
-        config.augment.pad_mode)[0])(keys, images_uint8)
-  images = augment.normalize(images_uint8, mean, std, dtype)
+        config.augment.pad_mode)[0])(keys, images)
+  if images.dtype == jnp.uint8:
+    images = augment.normalize(images, mean, std, dtype)
+  else:
+    images = images.astype(dtype)
+  if keys is not None and config.augment.pca_noise:  # AlexNet lighting, on the [0, 1] scale
+    offsets = jax.vmap(lambda key: augment.pca_lighting(
+        jax.random.fold_in(key, 2), 1, config.augment.pca_noise)[0])(keys)
+    images = (images + offsets[:, None, None, :] / jnp.asarray(std, jnp.float32)).astype(dtype)
   if keys is not None and config.augment.cutout:
     images = jax.vmap(lambda key, image: augment.cutout(
         jax.random.fold_in(key, 1), image[None], config.augment.cutout)[0])(keys, images)
@@ -132,9 +144,12 @@ def make_eval_step(model, config, mesh, mean, std, num_classes: int):
 
   def local_eval(state: TrainState, arrays, batch):
     images, labels = input_pipeline.local_batch(arrays, batch)
-    inputs = device_images(images, None, config, mean, std, dtype)
+    crops = images.shape[1] if images.ndim == 5 else 1  # ten-crop: [N, 10, H, W, C]
+    inputs = device_images(images.reshape((-1,) + images.shape[-3:]), None, config, mean,
+                           std, dtype)
     logits = model.apply({'params': state.params, 'batch_stats': state.batch_stats}, inputs,
                          train=False)
+    logits = mean_over_crops(logits, crops)
     mask = batch['mask'].astype(jnp.float32)
     top5 = lax.top_k(logits, min(5, num_classes))[1]
     sums = {
@@ -150,19 +165,40 @@ def make_eval_step(model, config, mesh, mean, std, num_classes: int):
   return jax.jit(sharded)
 
 
+def mean_over_crops(logits, crops: int):
+  """Per-example logits from `crops` consecutive views of each example: their mean.
+
+  fb.resnet.torch (train.lua computeScore) sums the ten crops' raw outputs; the mean
+  ranks classes the same and keeps the loss on the scale of one view.
+  """
+  if crops == 1:
+    return logits
+  return logits.astype(jnp.float32).reshape(-1, crops, logits.shape[-1]).mean(axis=1)
+
+
 def evaluate(eval_step, state, pipeline, num_classes: int) -> dict[str, float]:
-  """Top-1 (and top-5 above 10 classes) accuracy and loss over the whole test split."""
-  totals = None
-  for batch in pipeline.eval_batches():
-    sums = eval_step(state, pipeline.test_arrays, batch)
-    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  totals = jax.device_get(totals)
-  count = float(totals['count'])
-  results = {'eval/accuracy': float(totals['correct']) / count,
-             'eval/loss': float(totals['loss']) / count}
-  if num_classes > 10:
-    results['eval/top5_accuracy'] = float(totals['correct_top5']) / count
+  """Top-1 (and top-5 above 10 classes) accuracy and loss over the whole test split
+  ('eval/...') and, when dataset.validation_examples holds some out, over those
+  ('val/...')."""
+  results = {}
+  for prefix, arrays, batches in pipeline.eval_splits():
+    totals = None
+    for batch in batches:
+      sums = eval_step(state, arrays, batch)
+      totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    totals = jax.device_get(totals)
+    count = float(totals['count'])
+    results[f'{prefix}/accuracy'] = float(totals['correct']) / count
+    results[f'{prefix}/loss'] = float(totals['loss']) / count
+    if num_classes > 10:
+      results[f'{prefix}/top5_accuracy'] = float(totals['correct_top5']) / count
   return results
+
+
+def best_checkpoint_metric(config) -> str:
+  """What the kept 'best' checkpoint is chosen on: the validation hold-out when there is
+  one, so that the test split never selects a model; else test accuracy."""
+  return 'val/accuracy' if config.dataset.validation_examples else 'eval/accuracy'
 
 
 # ----------------------------------------------------------------------------- state
@@ -271,7 +307,8 @@ def _make_pipeline(config, mesh):
     split_sizes = datasets.imagenet_split_sizes(config.dataset)
     pipeline = input_pipeline.StreamingInput(
         config.dataset, mesh, config.seed, config.batch_size, eval_batch(config, mesh),
-        num_train=split_sizes['train'], num_test=split_sizes['validation'])
+        num_train=split_sizes['train'], num_test=split_sizes['validation'],
+        augment_config=config.augment)
     return pipeline, num_classes, datasets.IMAGENET_MEAN, datasets.IMAGENET_STD
   dataset = datasets.load_in_memory(config.dataset, seed=config.seed)
   pipeline = input_pipeline.InMemoryInput(dataset, mesh, config.seed, config.batch_size,
@@ -336,7 +373,7 @@ def _train_and_evaluate(config, workdir: Path, preemption: PreemptionFlag) -> di
   state = create_train_state(model, tx, config, mesh, model_size)
 
   ckpt = checkpoint.Checkpointer(workdir / 'checkpoints', max_to_keep=config.keep_checkpoints,
-                                 best_metric='eval/accuracy', best_mode='max')
+                                 best_metric=best_checkpoint_metric(config), best_mode='max')
   restored = ckpt.restore_latest(abstract_state(state, mesh))
   if restored is not None:
     state = restored[1]
@@ -492,9 +529,23 @@ def final_results(config, step, eval_metrics, train_metrics, workdir, wall_s,
       'best_test_accuracy': best_accuracy,
       'best_test_error': 1.0 - best_accuracy,
       'test_loss': eval_metrics.get('eval/loss', float('nan')),
+      **_validation_results(records, eval_metrics),
       'train_loss': train_metrics.get('loss', float('nan')),
       'train_error': 1.0 - train_metrics.get('accuracy', float('nan')),
       'wall_s': wall_s,
       'compile_s': clock.compile_s,
       'img_per_s': clock.img_per_s,
   }
+
+
+def _validation_results(records: list[dict], eval_metrics: dict) -> dict[str, float]:
+  """Final validation accuracy/error, and the test accuracy of the evaluation with the
+  best validation accuracy (the model selection a held-out split allows); {} without one."""
+  if 'val/accuracy' not in eval_metrics:
+    return {}
+  evaluations = [r for r in records if r.get('val/accuracy') is not None] + [eval_metrics]
+  best = max(evaluations, key=lambda r: -1 if np.isnan(r['val/accuracy']) else r['val/accuracy'])
+  return {'val_accuracy': eval_metrics['val/accuracy'],
+          'val_error': 1.0 - eval_metrics['val/accuracy'],
+          'best_val_accuracy': best['val/accuracy'],
+          'test_accuracy_at_best_val': best.get('eval/accuracy', float('nan'))}

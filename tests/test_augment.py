@@ -147,3 +147,19 @@ def test_reflection_padding_fills_the_border_with_the_mirrored_image():
     reflected = jnp.pad(images, ((0, 0), (2, 2), (2, 2), (0, 0)), mode='reflect')
     windows = [reflected[:, i:i + 6, j:j + 6] for i in range(5) for j in range(5)]
     assert any(bool(jnp.array_equal(out, w)) for w in windows)
+
+
+def test_pca_lighting_shifts_along_imagenets_eigenvectors_by_alpha_times_eigenvalue():
+  """fb.resnet.torch Lighting(0.1, eigval, eigvec): the offset's coordinate along
+  eigenvector j is alpha_j * eigval_j, alpha_j ~ N(0, 0.1)."""
+  offsets = np.asarray(augment.pca_lighting(jax.random.key(0), 20_000, 0.1), np.float64)
+  eigvec = np.asarray(augment.IMAGENET_PCA_EIGVEC)
+  eigval = np.asarray(augment.IMAGENET_PCA_EIGVAL)
+
+  coordinates = offsets @ eigvec  # the columns are (nearly) orthonormal
+  assert offsets.shape == (20_000, 3)
+  np.testing.assert_allclose(coordinates.std(axis=0), 0.1 * eigval, rtol=0.03)
+  np.testing.assert_allclose(coordinates.mean(axis=0), 0.0, atol=3 * 0.1 * eigval.max() / 100)
+  single = np.asarray(augment.pca_lighting(jax.random.key(3), 1, 0.1))[0]
+  alpha = 0.1 * np.asarray(jax.random.normal(jax.random.key(3), (1, 3)))[0]
+  np.testing.assert_allclose(single, eigvec @ (alpha * eigval), rtol=1e-5)

@@ -7,10 +7,10 @@ import logging
 import numpy as np
 import pytest
 
-from resnet_jax import data_cache, datasets
+from resnet_jax import data_cache, datasets, preprocessing
 
 from tiny_datasets import (  # noqa: F401 - fixtures are used by name
-    cifar10_python_files, cifar10_tarball, config, forbid_decoding,
+    cifar10_python_files, cifar10_tarball, config, forbid_decoding, image_folder_files,
     isolated_tfds_data_dir, tiny_splits, write_tar)
 
 
@@ -78,3 +78,23 @@ def test_unwritable_cache_dir_only_warns(tmp_path, cifar10_tarball, caplog):
                                              cache_dir=str(blocker / 'cache')))
 
   assert len(dataset.train.labels) == 12 and 'Cannot write dataset cache' in caplog.text
+
+
+def test_a_zca_fit_is_cached_per_train_subset(tmp_path, monkeypatch):
+  """Fitting ZCA on CIFAR-10 takes minutes of CPU; a second run with the same train
+  examples reads it back, and another subset is fitted afresh."""
+  path = write_tar(tmp_path / 'f.tar.gz', image_folder_files())
+  cfg = config(tmp_path, name='folder', path=str(path), image_size=8, normalization='zca')
+  first = datasets.load_in_memory(cfg)
+  fits = []
+  monkeypatch.setattr(preprocessing, 'fit_zca',
+                      lambda images: fits.append(len(images)) or {'zca_matrix': None})
+
+  second = datasets.load_in_memory(cfg)
+  cfg.max_train_examples = 2
+  datasets.load_in_memory(cfg)
+
+  assert first.fitted['zca_matrix'].shape == (192, 192)
+  for name, array in first.fitted.items():
+    np.testing.assert_array_equal(second.fitted[name], array)
+  assert fits == [2]

@@ -15,8 +15,8 @@ from resnet_jax.datasets import DatasetError
 
 from tiny_datasets import (  # noqa: F401 - fixtures are used by name
     assert_one_line, cifar10_python_files, cifar10_tarball, config,
-    forbid_decoding, image_folder_files, isolated_tfds_data_dir, tiny_splits, write_files,
-    write_tar)
+    forbid_decoding, image_folder_files, isolated_tfds_data_dir, random_images, tiny_splits,
+    write_files, write_tar)
 
 
 @pytest.mark.parametrize('module, names', [
@@ -81,6 +81,86 @@ def test_synthetic_data_is_deterministic_per_seed_and_sized_by_config(tmp_path):
   np.testing.assert_allclose(dataset.mean, 0.5, atol=0.01)
   np.testing.assert_allclose(dataset.std, 0.29, atol=0.01)
   assert sized.train.images.shape == (40, 32, 32, 3)
+
+
+# ----------------------------------------------------------------------------
+# The validation hold-out (dataset.validation_examples).
+# ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def six_per_class_tarball(tmp_path):
+  """A CIFAR-10 copy whose 60 train images are all different, 6 of each class."""
+  images = random_images(60, 7)
+  images[:, 0, 0, 0] = np.arange(60)  # Row i is identified by its first byte.
+  train = (images, np.repeat(np.arange(10), 6).astype(np.int32))
+  test = (random_images(4, 8), np.arange(4).astype(np.int32))
+  return write_tar(tmp_path / 'six.tar.gz', cifar10_python_files(train, test)), images
+
+
+def rows_of(images: np.ndarray) -> list[int]:
+  return images[:, 0, 0, 0].astype(int).tolist()
+
+
+def test_validation_examples_are_held_out_class_balanced_and_never_trained_on(
+    tmp_path, six_per_class_tarball):
+  path, originals = six_per_class_tarball
+
+  dataset = datasets.load_in_memory(config(tmp_path, path=str(path), validation_examples=20))
+
+  train_rows, validation_rows = rows_of(dataset.train.images), rows_of(dataset.validation.images)
+  assert not set(train_rows) & set(validation_rows)
+  assert sorted(train_rows + validation_rows) == list(range(60))
+  assert np.bincount(dataset.validation.labels, minlength=10).tolist() == [2] * 10
+  np.testing.assert_array_equal(dataset.validation.labels, np.arange(60)[validation_rows] // 6)
+  pixels = originals[train_rows].reshape(-1, 3).astype(np.float64) / 255
+  np.testing.assert_allclose(dataset.mean, pixels.mean(0), rtol=1e-12)  # of what trains
+
+
+def test_the_validation_split_is_fixed_by_the_seed(tmp_path, six_per_class_tarball):
+  cfg = config(tmp_path, path=str(six_per_class_tarball[0]), validation_examples=20)
+
+  held_out = {seed: rows_of(datasets.load_in_memory(cfg, seed=seed).validation.images)
+              for seed in (0, 1)}
+
+  assert rows_of(datasets.load_in_memory(cfg, seed=0).validation.images) == held_out[0]
+  assert held_out[0] != held_out[1]
+
+
+def test_max_train_examples_subsets_what_the_validation_split_leaves(
+    tmp_path, six_per_class_tarball):
+  cfg = config(tmp_path, path=str(six_per_class_tarball[0]), validation_examples=20,
+               max_train_examples=15)
+
+  dataset = datasets.load_in_memory(cfg, seed=3)
+
+  assert len(dataset.train.labels) == 15 and len(dataset.validation.labels) == 20
+  assert not set(rows_of(dataset.train.images)) & set(rows_of(dataset.validation.images))
+  with pytest.raises(DatasetError) as error:
+    datasets.load_in_memory(config(tmp_path, path=str(six_per_class_tarball[0]),
+                                   validation_examples=20, max_train_examples=41))
+  assert_one_line(error, 'max_train_examples=41', '1..40', 'less the 20 of'
+                  ' dataset.validation_examples')
+
+
+@pytest.mark.parametrize('count, fragment', [
+    (15, 'positive multiple of the 10 classes'), (60, 'too large'), (-10, 'use 0')])
+def test_validation_examples_that_cannot_be_held_out_equally(tmp_path, six_per_class_tarball,
+                                                             count, fragment):
+  with pytest.raises(DatasetError) as error:
+    datasets.load_in_memory(config(tmp_path, path=str(six_per_class_tarball[0]),
+                                   validation_examples=count))
+  assert_one_line(error, f'dataset.validation_examples={count}', fragment)
+
+
+def test_synthetic_data_holds_out_validation_examples_beside_its_train_size(tmp_path):
+  cfg = config(tmp_path, name='synthetic', num_classes=4, image_size=8, max_train_examples=40,
+               validation_examples=8)
+
+  dataset = datasets.load_in_memory(cfg, seed=1)
+
+  assert len(dataset.train.labels) == 40 and len(dataset.validation.labels) == 8
+  assert np.bincount(dataset.validation.labels).tolist() == [2] * 4
 
 
 # ----------------------------------------------------------------------------

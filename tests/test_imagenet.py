@@ -130,3 +130,71 @@ def test_train_transform_is_deterministic_per_rng_and_flips_sometimes():
 
   np.testing.assert_array_equal(first, imagenet.train_transform(image, np.random.default_rng(1), 16))
   assert first.shape == (16, 16, 3) and first.dtype == np.uint8
+
+
+# ----------------------------------------------------------------------------- recipes
+
+
+def test_scale_augmentation_crops_from_a_shorter_side_drawn_from_the_range():
+  """He et al. 2015 Sec. 3.4: shorter side uniform in [256, 480], then a random 224 crop."""
+  rng = np.random.default_rng(0)
+  shorter_sides = set()
+  for _ in range(3000):
+    left, top, right, bottom = imagenet.scale_augment_box(rng, 300, 500, 224, (256, 480))
+    assert 0 <= left < right <= 500 and 0 <= top < bottom <= 300
+    assert right - left == pytest.approx(bottom - top)  # square: no aspect change
+    shorter_sides.add(round(300 * 224 / (right - left)))
+  assert min(shorter_sides) == 256 and max(shorter_sides) == 480
+  assert len(shorter_sides) > 200  # every integer size is possible
+
+
+def test_scale_augmentation_reaches_every_part_of_the_resized_image():
+  rng = np.random.default_rng(1)
+  boxes = np.array([imagenet.scale_augment_box(rng, 300, 300, 224, (256, 256))
+                    for _ in range(500)])
+  assert boxes[:, 0].min() == 0 and boxes[:, 2].max() == pytest.approx(300)
+
+
+def test_ten_crop_is_the_centre_and_four_corners_of_the_256_resize_and_their_mirrors():
+  """A 256 x 320 image is already 256 on its shorter side, so the crops are exact slices."""
+  image = random_images(1, 3, size=320)[0][:256]
+
+  crops = imagenet.ten_crop_transform(image, 224)
+
+  views = [image[16:240, 48:272], image[:224, :224], image[:224, 96:],
+           image[32:, :224], image[32:, 96:]]
+  assert crops.shape == (10, 224, 224, 3) and crops.dtype == np.uint8
+  for index, view in enumerate(views):
+    np.testing.assert_array_equal(crops[index], view)
+    np.testing.assert_array_equal(crops[index + 5], view[:, ::-1])
+  np.testing.assert_array_equal(crops[0], imagenet.eval_transform(image, 224))
+
+
+def test_imagenet_streams_scale_augmented_train_crops_and_ten_crop_eval(tmp_path,
+                                                                        mock_imagenet):
+  cfg = imagenet_config(tmp_path)
+  recipe = {'train_crop': 'scale', 'scale_range': (24, 40), 'eval_crops': 10}
+
+  train = imagenet.imagenet_stream(cfg, 'train', 8, seed=5, start_step=0, process_index=0,
+                                   process_count=1, augment_cfg=recipe)
+  evaluation = list(imagenet.imagenet_stream(cfg, 'validation', 8, seed=5, start_step=0,
+                                             process_index=0, process_count=1,
+                                             augment_cfg=recipe))
+
+  assert next(train)['images'].shape == (8, 24, 24, 3)
+  assert [b['images'].shape for b in evaluation] == [(8, 10, 24, 24, 3)] * 3
+  assert np.concatenate([b['mask'] for b in evaluation]).sum() == 20
+  first = mock_imagenet[0]['image']
+  np.testing.assert_array_equal(evaluation[0]['images'][0],
+                                imagenet.ten_crop_transform(first, 24))
+
+
+@pytest.mark.parametrize('recipe, fragment', [
+    ({'train_crop': 'inception'}, "augment.train_crop='inception'"),
+    ({'eval_crops': 5}, 'augment.eval_crops=5'),
+    ({'train_crop': 'scale', 'scale_range': (16, 40)}, 'dataset.image_size=24 <= low <= high')])
+def test_imagenet_recipe_options_are_checked_with_one_line(tmp_path, recipe, fragment):
+  with pytest.raises(DatasetError) as error:
+    imagenet.imagenet_stream(imagenet_config(tmp_path), 'train', 8, seed=0, start_step=0,
+                             process_index=0, process_count=1, augment_cfg=recipe)
+  assert_one_line(error, fragment)

@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnet_jax import checkpoint, config as config_lib, optim, parallel, presets, train
+from resnet_jax import checkpoint, config as config_lib, optim, parallel, preprocessing, presets
+from resnet_jax import train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,21 +86,22 @@ def assert_trees_equal(a, b, **tolerance):
 # ----------------------------------------------------------------------------- steps
 
 
-def make_step(config, mesh, num_classes=10):
+def make_step(config, mesh, num_classes=10, image_size=32):
   model = presets.build_model(config.model, num_classes, bn_axis_name=parallel.DATA_AXIS
                               if config.sync_batch_stats else None)
   tx = optim.create_optimizer(config, steps_per_epoch=10, total_steps=100)
   multiplier = optim.lr_multiplier(config, 10, 100)
-  state = train.create_train_state(model, tx, config, mesh, 32)
+  state = train.create_train_state(model, tx, config, mesh, image_size)
   step = train.make_train_step(train.make_local_train_step(
       model, tx, multiplier, config, (0.5,) * 3, (0.25,) * 3, num_classes), mesh)
   return state, step
 
 
-def fixed_batch(mesh, size=32, seed=0):
+def fixed_batch(mesh, size=32, seed=0, image_size=32, normalization='dataset'):
   rng = np.random.default_rng(seed)
-  arrays = {'images': rng.integers(0, 256, (size, 32, 32, 3), dtype=np.uint8),
+  arrays = {'images': rng.integers(0, 256, (size, image_size, image_size, 3), dtype=np.uint8),
             'labels': rng.integers(0, 10, size).astype(np.int32)}
+  arrays.update(preprocessing.fit(normalization, arrays['images']))
   return (parallel.put(arrays, parallel.replicated(mesh)),
           parallel.put({'indices': np.arange(size, dtype=np.int32)},
                        parallel.batch_sharded(mesh)))
@@ -115,6 +117,54 @@ def test_a_train_step_lowers_the_loss_on_a_fixed_batch():
     state, metrics = step(state, arrays, batch)
     losses.append(float(metrics['loss']))
   assert losses[-1] < 0.5 * losses[0], losses
+
+
+@pytest.mark.parametrize('normalization', preprocessing.FITTED)
+def test_a_step_trains_on_images_normalised_per_pixel_before_augmentation(normalization):
+  """pixel_mean / zca arrays sit beside the images; the step whitens, then pads and crops."""
+  config = tiny_config(**{'dataset.normalization': normalization, 'dataset.image_size': 8,
+                          'augment.crop_padding': 0, 'augment.flip': False})
+  mesh = parallel.data_mesh(jax.devices()[:1])
+  state, step = make_step(config, mesh, image_size=8)
+  arrays, batch = fixed_batch(mesh, image_size=8, normalization=normalization)
+  losses = []
+  for _ in range(8):
+    state, metrics = step(state, arrays, batch)
+    losses.append(float(metrics['loss']))
+  assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_whitened_images_are_padded_with_the_whitened_zero():
+  """The authors augmented preprocessed images: a crop's border is 0 after whitening."""
+  config = tiny_config(**{'augment.crop_padding': 4, 'augment.flip': False})
+  images = preprocessing.apply(jnp.full((64, 8, 8, 3), 200, jnp.uint8),
+                               {'pixel_mean': jnp.full((8, 8, 3), 0.5)})
+  keys = jax.random.split(jax.random.PRNGKey(0), 64)
+  out = np.asarray(train.device_images(images, keys, config, (0.5,) * 3, (0.25,) * 3,
+                                       jnp.float32))
+  np.testing.assert_allclose(np.unique(out), [0.0, 200 / 255 - 0.5], atol=1e-6)
+
+
+def test_ten_crop_evaluation_averages_the_logits_of_each_examples_crops():
+  config = tiny_config()
+  mesh = parallel.data_mesh(jax.devices()[:1])
+  model = presets.build_model(config.model, 10)
+  state, _ = make_step(config, mesh)
+  eval_step = train.make_eval_step(model, config, mesh, (0.5,) * 3, (0.25,) * 3, 10)
+  rng = np.random.default_rng(0)
+  crops = rng.integers(0, 256, (4, 10, 32, 32, 3), np.uint8)
+  labels = np.arange(4, dtype=np.int32)
+  sharding = parallel.batch_sharded(mesh)
+
+  sums = eval_step(state, {}, parallel.put(
+      {'images': crops, 'labels': labels, 'mask': np.ones(4, bool)}, sharding))
+
+  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  logits = model.apply(variables, (crops.reshape(40, 32, 32, 3) / 255 - 0.5) / 0.25,
+                       train=False).reshape(4, 10, 10).mean(axis=1)
+  expected = train.cross_entropy(logits, labels, 10).sum()
+  assert float(sums['loss']) == pytest.approx(float(expected), rel=1e-4)
+  assert float(sums['correct']) == float(np.sum(np.argmax(logits, -1) == labels))
 
 
 @pytest.mark.parametrize('sync_batch_stats', [True, False])
@@ -217,6 +267,21 @@ def config_flags_free_load(config_file: str, arg=None):
   return module.get_config(arg)
 
 
+def test_imagenet_config_decays_as_fb_resnet_torch_and_he2015_tests_on_ten_crops():
+  config = config_flags_free_load('resnet_imagenet.py')
+  config_lib.validate(config)
+  multiplier = optim.lr_multiplier(config, steps_per_epoch=100, total_steps=9000)
+  for epoch in (1, 30, 31, 60, 61, 90):  # fb.resnet.torch train.lua: 0.1^floor((epoch-1)/30)
+    assert float(multiplier((epoch - 1) * 100 + 50)) == pytest.approx(0.1 ** ((epoch - 1) // 30))
+  assert config.num_epochs == 90 and config.augment.train_crop == 'random_resized'
+
+  he2015 = config_flags_free_load('resnet_imagenet.py', 'he2015')
+  config_lib.validate(he2015)
+  assert (he2015.augment.train_crop, tuple(he2015.augment.scale_range), he2015.augment.pca_noise,
+          he2015.augment.eval_crops) == ('scale', (256, 480), 0.1, 10)
+  config_lib.validate(config_flags_free_load('resnet_imagenet.py', 'he2015,quick'))
+
+
 def test_cosine_schedule_warms_up_linearly_then_decays_to_zero():
   config = tiny_config(lr_schedule='cosine', warmup_epochs=1.0)
   multiplier = optim.lr_multiplier(config, steps_per_epoch=10, total_steps=110)
@@ -269,6 +334,27 @@ def test_evaluation_covers_the_whole_test_split_with_the_padding_masked(tmp_path
   expected = float(np.mean(np.argmax(logits, -1) == dataset.test.labels))
   assert len(dataset.test.labels) % 96 != 0
   assert results['test_accuracy'] == pytest.approx(expected, abs=1e-6)
+
+
+def test_validation_examples_are_evaluated_beside_the_test_split_and_pick_the_best(
+    tmp_path, monkeypatch):
+  chosen_on = []
+  real = checkpoint.Checkpointer
+  monkeypatch.setattr(train.checkpoint, 'Checkpointer', lambda *args, **kwargs: (
+      chosen_on.append(kwargs['best_metric']), real(*args, **kwargs))[1])
+  config = tiny_config(**{'dataset.validation_examples': 40, 'eval_every_epochs': 0.5})
+
+  results = train.train_and_evaluate(config, tmp_path)
+
+  records = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  evaluations = [r for r in records if 'eval/accuracy' in r]
+  assert len(evaluations) == 3  # steps 4, 8 and 12: every evaluation covers both splits
+  assert all({'val/accuracy', 'val/loss'} <= set(r) for r in evaluations)
+  assert results['val_accuracy'] == evaluations[-1]['val/accuracy']
+  assert results['val_error'] == pytest.approx(1 - results['val_accuracy'])
+  best = max(evaluations, key=lambda r: r['val/accuracy'])
+  assert results['test_accuracy_at_best_val'] == best['eval/accuracy']
+  assert chosen_on == ['val/accuracy']  # never the test split
 
 
 def test_a_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -407,3 +493,23 @@ def test_bad_config_values_get_a_one_line_error_and_nothing_runs(tmp_path):
     assert output.strip().splitlines()[-1].startswith('error: ') and message in output, output
     assert 'Traceback' not in output
   assert not (tmp_path / 'checkpoints').exists()
+
+
+@pytest.mark.parametrize('overrides, message', [
+    ({'dataset.normalization': 'gcn'}, "'dataset', 'imagenet', 'pixel_mean', 'zca'"),
+    ({'dataset.validation_examples': -10}, 'dataset.validation_examples=-10'),
+    ({'dataset.name': 'imagenet2012', 'dataset.validation_examples': 1000},
+     'imagenet2012 evaluates on its own validation split'),
+    ({'dataset.name': 'imagenet2012', 'dataset.normalization': 'zca'}, "use 'imagenet'"),
+    ({'dataset.normalization': 'zca', 'dataset.image_size': 64}, 'use 32 or less'),
+    ({'augment.train_crop': 'scale'}, 'augment.train_crop: only for the streamed imagenet2012'),
+    ({'augment.eval_crops': 10, 'augment.pca_noise': 0.1},
+     'augment.eval_crops, augment.pca_noise: only for'),
+    ({'dataset.name': 'imagenet2012', 'augment.eval_crops': 5}, "allowed: 1, 10"),
+    ({'dataset.name': 'imagenet2012', 'augment.train_crop': 'scale',
+      'augment.scale_range': (480, 256)}, '<= low <= high'),
+    ({'augment.pca_noise': -0.1}, 'augment.pca_noise=-0.1 must be >= 0')])
+def test_bad_data_and_augment_keys_get_a_one_line_error(overrides, message):
+  with pytest.raises(presets.ConfigError) as error:
+    config_lib.validate(tiny_config(**overrides))
+  assert '\n' not in str(error.value) and message in str(error.value), str(error.value)
