@@ -126,8 +126,11 @@ def model_config(arch) -> ml_collections.ConfigDict:
   else:
     config = presets.default_model_config()
     config.update(dict(arch))
-  presets.architecture(config)  # raises ConfigError on a bad config
-  if config.family != 'imagenet' or config.preact or config.shortcut not in ('B', 'C'):
+  arch = presets.architecture(config)  # raises ConfigError on a bad config
+  torchvision_layout = (config.family == 'imagenet' and not arch['preact'] and
+                        arch['shortcut'] in ('B', 'C') and arch['norm'] == 'batch' and
+                        arch['bottleneck_stride'] == '3x3')
+  if not torchvision_layout:
     raise ConversionError(
         f'{presets.model_name(config)} has no torchvision counterpart; convertible are the '
         'post-activation ImageNet presets: resnet18/34/50/101/152, wide_resnet50_2/101_2')

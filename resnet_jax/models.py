@@ -5,9 +5,14 @@ Every architecture of the three papers is an instance of `ResNet`:
 * ResNet (He et al. 2015, "Deep Residual Learning for Image Recognition",
   arXiv:1512.03385): post-activation blocks, shortcut options A/B/C (Sec. 3.3-4.1).
 * Pre-activation ResNet (He et al. 2016, "Identity Mappings in Deep Residual
-  Networks", arXiv:1603.05027): BN-ReLU-conv ordering, pure-identity skip path.
+  Networks", arXiv:1603.05027): BN-ReLU-conv ordering, identity skip path.
 * Wide ResNet (Zagoruyko & Komodakis 2016, arXiv:1605.07146): pre-activation basic
   blocks widened by k, with dropout between the two convolutions.
+
+Where a paper leaves a detail open (what a pre-activation feeds, where a bottleneck
+strides, how layers are initialised), the network follows the authors' released code:
+KaimingHe/resnet-1k-layers, facebook/fb.resnet.torch, szagoruyko/wide-residual-networks;
+each choice below names its file.
 
 Named architectures (resnet56, wrn_28_10, resnet50, ...) are data in `presets.py`,
 not classes. Layouts are NHWC. Convolutions use torch-style symmetric padding, so
@@ -30,9 +35,42 @@ from resnet_jax import layers
 SHORTCUTS = ('A', 'B', 'C', 'none')
 BLOCKS = ('basic', 'bottleneck')
 STEMS = ('cifar', 'imagenet')
+NORMS = ('batch', 'none')
+# Where a strided bottleneck downsamples. He et al.'s own code puts the stride on the first
+# 1x1 (KaimingHe/resnet-1k-layers: resnet-pre-act.lua, line 43); fb.resnet.torch and
+# torchvision put it on the 3x3 (facebook/fb.resnet.torch: models/preresnet.lua, line 101).
+BOTTLENECK_STRIDES = ('first_1x1', '3x3')
+# What the pre-activation (BN-ReLU) of a pre-activation block feeds, as in
+# facebook/fb.resnet.torch: models/preresnet.lua, lines 65-71 and 91-97:
+# 'branch' (its default): the residual branch only; the skip reads the raw input.
+# 'shared' ('both_preact'): one BN-ReLU feeds the branch and the skip.
+# 'stem' ('no_preact'): none; the input was activated by the stem's BN-ReLU(-maxpool),
+#         which then serves both paths (ImageNet nets, first block of stage 1).
+PREACT_INPUTS = ('branch', 'shared', 'stem')
+# Which first-of-stage blocks of a pre-activation net share their pre-activation:
+# 'stage_entry': all of them (fb.resnet.torch: models/preresnet.lua, layer(), lines 114-125);
+# 'shape_change': those whose shape changes, i.e. whose shortcut is a projection
+#   (szagoruyko/wide-residual-networks: models/wide-resnet.lua, line 51; so does
+#   KaimingHe/resnet-1k-layers: resnet-pre-act.lua, line 38).
+PREACT_SHARED_AT = ('stage_entry', 'shape_change')
 
-# He et al. 2015b ("Delving Deep into Rectifiers") normal init, fan-out mode as torchvision.
-conv_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+# He et al. 2015b ("Delving Deep into Rectifiers") normal init, N(0, 2 / fan). fan_out =
+# k*k*C_out as fb.resnet.torch (models/preresnet.lua, lines 197-208) and torchvision;
+# fan_in = k*k*C_in as the WRN code since its commit ea02518 "fix MSRA init"
+# (szagoruyko/wide-residual-networks: models/utils.lua, MSRinit).
+CONV_INITS = {mode: nn.initializers.variance_scaling(2.0, mode, 'normal')
+              for mode in ('fan_out', 'fan_in')}
+# BN scale: 1 as fb.resnet.torch and torchvision set it; U(0, 1) is Torch's own
+# nn.BatchNormalization reset, which the WRN Lua code never overrides (torch/nn:
+# BatchNormalization.lua; szagoruyko/wide-residual-networks: models/utils.lua).
+BN_SCALE_INITS = {'ones': nn.initializers.ones, 'uniform': nn.initializers.uniform(1.0)}
+# The classifier's weight keeps Torch's nn.Linear default, U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+# (torch/nn: Linear.lua reset; torchvision's nn.Linear default is the same), and its bias
+# is zeroed as the authors' code does (fb.resnet.torch: models/preresnet.lua, lines 221-223;
+# KaimingHe/resnet-1k-layers: resnet-pre-act.lua, lines 151-153;
+# szagoruyko/wide-residual-networks: models/utils.lua, FCinit). Its std is
+# 1/sqrt(3 fan_in); Flax's default, lecun_normal, would be sqrt(3) = 1.7x wider.
+head_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
 
 
 def _symmetric_padding(kernel_size: int) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -40,11 +78,16 @@ def _symmetric_padding(kernel_size: int) -> tuple[tuple[int, int], tuple[int, in
   return ((half, half), (half, half))
 
 
-def Conv(features: int, kernel_size: int, strides: int = 1, *, dtype, name: str) -> nn.Conv:
-  """Bias-free convolution with torch-style symmetric padding (every conv is followed by BN)."""
+def Conv(features: int, kernel_size: int, strides: int = 1, *, name: str, dtype=jnp.float32,
+         use_bias: bool = False, kernel_init: Callable = CONV_INITS['fan_out']) -> nn.Conv:
+  """Convolution with torch-style symmetric padding.
+
+  Bias-free when BN follows (its bias takes the role); a net without normalisation
+  gives every convolution a zero-initialised bias instead (`use_bias`).
+  """
   return nn.Conv(features, (kernel_size, kernel_size), (strides, strides),
-                 padding=_symmetric_padding(kernel_size), use_bias=False, dtype=dtype,
-                 param_dtype=jnp.float32, kernel_init=conv_kernel_init,
+                 padding=_symmetric_padding(kernel_size), use_bias=use_bias, dtype=dtype,
+                 param_dtype=jnp.float32, kernel_init=kernel_init,
                  conv_general_dilated=layers.conv_general_dilated, name=name)
 
 
@@ -67,22 +110,34 @@ class ResidualBlock(nn.Module):
   """A basic (two 3x3) or bottleneck (1x1, 3x3, 1x1; expansion 4) residual block.
 
   `preact=False` is the 2015 ordering: conv-BN-ReLU-conv-BN, add, ReLU.
-  `preact=True` is the 2016 "full pre-activation" ordering: (BN-ReLU-conv) x2, add; the
-  skip path stays a pure identity (a projection, where used, reads the pre-activated input,
-  as in the authors' code and in Wide ResNets).
+  `preact=True` is the 2016 "full pre-activation" ordering: (BN-ReLU-conv) x2, add. What
+  the first BN-ReLU feeds is `preact_input` (see PREACT_INPUTS): in most blocks the branch
+  only, so the skip path is a pure identity of the raw input; a projection shortcut of a
+  pre-activation block is a bare 1x1 conv, without BN (fb.resnet.torch:
+  models/preresnet.lua, lines 31-34).
+
+  `norm=None` builds the block without normalisation: every conv then has a bias.
+
+  `zero_init_residual` starts the block as the identity (its output is its skip) with a
+  branch that still learns: it zeroes the branch's last layer, which is its last BN's
+  scale where the branch ends in BN (post-activation; Goyal et al. 2017, torchvision), and
+  its last convolution where it ends in a conv (pre-activation, or no BN; as timm's
+  ResNetV2). Zeroing the last BN of a pre-activation branch, which sits before the last
+  conv, would zero that conv's input and so its gradient: the branch would never train.
   """
   planes: int  # block output channels (basic) or bottleneck inner channels before widening
   block: str = 'basic'
   strides: int = 1
   shortcut: str = 'A'
   preact: bool = False
+  preact_input: str = 'branch'  # pre-activation only, see PREACT_INPUTS
   width: int = 1  # bottleneck inner-width multiplier (torchvision wide_resnet50_2 uses 2)
-  stride_on_first_1x1: bool = False  # bottleneck: 2015 paper puts the stride on the first 1x1
+  bottleneck_stride: str = '3x3'  # see BOTTLENECK_STRIDES
   post_add_activation: bool = True  # post-activation only: ReLU after the addition
-  zero_init_residual: bool = False  # last BN scale of the branch starts at zero (Goyal et al. 2017)
+  zero_init_residual: bool = False  # the branch's last layer starts at zero (see above)
   dropout_rate: float = 0.0  # Wide ResNets: dropout between the convolutions
-  norm: Callable[..., nn.Module] = nn.BatchNorm
-  dtype: Any = jnp.float32
+  norm: Callable[..., nn.Module] | None = nn.BatchNorm  # None: no normalisation
+  conv: Callable[..., nn.Module] = Conv
 
   @property
   def out_channels(self) -> int:
@@ -93,54 +148,63 @@ class ResidualBlock(nn.Module):
     if self.block == 'basic':
       return [(self.planes, 3, self.strides), (self.planes, 3, 1)]
     inner = self.planes * self.width
-    first_stride, mid_stride = (self.strides, 1) if self.stride_on_first_1x1 else (1, self.strides)
+    on_first = self.bottleneck_stride == 'first_1x1'
+    first_stride, mid_stride = (self.strides, 1) if on_first else (1, self.strides)
     return [(inner, 1, first_stride), (inner, 3, mid_stride), (self.out_channels, 1, 1)]
 
   def _needs_projection(self, in_channels: int) -> bool:
     shape_changes = self.strides != 1 or in_channels != self.out_channels
     return self.shortcut == 'C' or (self.shortcut == 'B' and shape_changes)
 
-  def _skip(self, x, preactivated, train: bool):
+  def _skip(self, x, train: bool):
     if self.shortcut == 'none':
       return None
     if self._needs_projection(x.shape[-1]):
-      conv = Conv(self.out_channels, 1, self.strides, dtype=self.dtype, name='shortcut_conv')
-      if self.preact:
-        return conv(preactivated)
-      return self.norm(name='shortcut_bn')(conv(x), use_running_average=not train)
+      y = self.conv(self.out_channels, 1, self.strides, name='shortcut_conv')(x)
+      if self.preact or self.norm is None:
+        return y
+      return self.norm(name='shortcut_bn')(y, use_running_average=not train)
     return identity_shortcut_a(x, self.out_channels, self.strides)
 
   @nn.compact
   def __call__(self, x, train: bool):
-    layers = self._branch_layers()
-    last = len(layers)
+    branch = self._branch_layers()
+    last = len(branch)
+    ends_in_norm = self.norm is not None and not self.preact
 
-    def norm(i):
-      # Zero-init of the branch's last BN makes the whole block start as the identity.
-      zero = self.zero_init_residual and i == last
-      bn = self.norm(name=f'bn{i}', scale_init=nn.initializers.zeros if zero else nn.initializers.ones)
-      return lambda y: bn(y, use_running_average=not train)
+    def norm(i, y):
+      if self.norm is None:
+        return y
+      zero = self.zero_init_residual and ends_in_norm and i == last
+      extra = dict(scale_init=nn.initializers.zeros) if zero else {}
+      return self.norm(name=f'bn{i}', **extra)(y, use_running_average=not train)
 
     def conv(i, y):
-      features, kernel, stride = layers[i - 1]
-      return Conv(features, kernel, stride, dtype=self.dtype, name=f'conv{i}')(y)
+      features, kernel, stride = branch[i - 1]
+      zero = self.zero_init_residual and not ends_in_norm and i == last
+      extra = dict(kernel_init=nn.initializers.zeros) if zero else {}
+      return self.conv(features, kernel, stride, name=f'conv{i}', **extra)(y)
 
     def dropout(y):  # sits right before the branch's last convolution (WRN, Sec. 2)
       return nn.Dropout(self.dropout_rate, deterministic=not train)(y) if self.dropout_rate else y
 
     if self.preact:
-      preactivated = nn.relu(norm(1)(x))
-      skip = self._skip(x, preactivated, train)
-      y = conv(1, preactivated)
+      if self.preact_input == 'stem':
+        y = skip_input = x
+      else:
+        y = nn.relu(norm(1, x))
+        skip_input = y if self.preact_input == 'shared' else x
+      skip = self._skip(skip_input, train)
+      y = conv(1, y)
       for i in range(2, last + 1):
-        y = nn.relu(norm(i)(y))
+        y = nn.relu(norm(i, y))
         y = conv(i, dropout(y) if i == last else y)
       return y if skip is None else y + skip
 
-    skip = self._skip(x, None, train)
+    skip = self._skip(x, train)
     y = x
     for i in range(1, last + 1):
-      y = norm(i)(conv(i, y))
+      y = norm(i, conv(i, y))
       if i < last:
         y = nn.relu(y)
         y = dropout(y) if i == last - 1 else y
@@ -164,6 +228,16 @@ class ResNet(nn.Module):
 
   Stage `s` has `stage_sizes[s]` blocks of `stage_planes[s]` planes; the first block of
   every stage after the first downsamples by 2. Outputs are float32 logits.
+
+  Pre-activation nets are built as the authors' code builds them: the CIFAR stem is a
+  bare conv; the first block of a stage shares its BN-ReLU with its shortcut where
+  `preact_shared_at` says (PREACT_SHARED_AT); the ImageNet stem's BN-ReLU-maxpool is the
+  pre-activation of stage 1's first block, which adds none of its own ('no_preact' in
+  facebook/fb.resnet.torch: models/preresnet.lua, lines 146-158).
+
+  `norm='none'` removes every BatchNorm (stem, blocks, shortcuts, final): a net for
+  studying gradient flow without normalisation; each conv then has a zero-initialised
+  bias, since no BN bias takes that role.
   """
   stage_sizes: Sequence[int]
   stage_planes: Sequence[int]
@@ -173,11 +247,15 @@ class ResNet(nn.Module):
   stem_width: int = 16
   shortcut: str = 'A'
   preact: bool = False
+  preact_shared_at: str = 'stage_entry'  # see PREACT_SHARED_AT
   width: int = 1
-  stride_on_first_1x1: bool = False
+  bottleneck_stride: str = '3x3'  # see BOTTLENECK_STRIDES
   post_add_activation: bool = True
   zero_init_residual: bool = False
   dropout_rate: float = 0.0
+  norm: str = 'batch'  # see NORMS
+  conv_init: str = 'fan_out'  # see CONV_INITS
+  bn_scale_init: str = 'ones'  # see BN_SCALE_INITS
   bn_momentum: float = 0.9  # torch's 0.1, in Flax's convention
   bn_epsilon: float = 1e-5
   bn_axis_name: str | None = None  # set to the data axis to sync BN statistics across devices
@@ -189,24 +267,43 @@ class ResNet(nn.Module):
   # (jax.checkpoint): activation memory of one block per stage, ~1.3x the step's FLOPs.
   remat_blocks: bool = False
 
-  def _norm(self, train: bool):
+  def _norm(self, train: bool) -> Callable[..., nn.Module] | None:
+    if self.norm == 'none':
+      return None
     batch_norm = layers.BatchNorm if layers.on_cpu() else nn.BatchNorm  # same variables
     return functools.partial(
         batch_norm, momentum=self.bn_momentum, epsilon=self.bn_epsilon, dtype=self.dtype,
-        param_dtype=jnp.float32, axis_name=self.bn_axis_name if train else None)
+        param_dtype=jnp.float32, axis_name=self.bn_axis_name if train else None,
+        scale_init=BN_SCALE_INITS[self.bn_scale_init])
+
+  def _conv(self) -> Callable[..., nn.Module]:
+    return functools.partial(Conv, dtype=self.dtype, use_bias=self.norm == 'none',
+                             kernel_init=CONV_INITS[self.conv_init])
+
+  def _preact_input(self, stage: int, in_channels: int, out_channels: int) -> str:
+    """What the pre-activation of stage `stage`'s first block feeds (PREACT_INPUTS)."""
+    if stage == 1 and self.stem == 'imagenet':
+      return 'stem'
+    shape_changes = stage > 1 or in_channels != out_channels
+    if self.preact_shared_at == 'stage_entry' or shape_changes:
+      return 'shared'
+    return 'branch'
 
   @nn.compact
   def __call__(self, x, train: bool):
-    norm = self._norm(train)
+    norm, conv = self._norm(train), self._conv()
+
+    def bn_relu(name, y):
+      return nn.relu(y if norm is None else norm(name=name)(y, use_running_average=not train))
+
     x = x.astype(self.dtype)
     if self.stem == 'imagenet':
-      x = Conv(self.stem_width, 7, 2, dtype=self.dtype, name='stem_conv')(x)
-      x = nn.relu(norm(name='stem_bn')(x, use_running_average=not train))
+      x = bn_relu('stem_bn', conv(self.stem_width, 7, 2, name='stem_conv')(x))
       x = layers.max_pool(x, 3, 2, 1)
     else:
-      x = Conv(self.stem_width, 3, 1, dtype=self.dtype, name='stem_conv')(x)
+      x = conv(self.stem_width, 3, 1, name='stem_conv')(x)
       if not self.preact:  # pre-activation blocks start with their own BN-ReLU
-        x = nn.relu(norm(name='stem_bn')(x, use_running_average=not train))
+        x = bn_relu('stem_bn', x)
     self.sow('intermediates', 'stem', x)
 
     # Training on CPU: each block's input is read from memory, not recomputed (layers.py).
@@ -215,11 +312,14 @@ class ResNet(nn.Module):
       block = functools.partial(
           nn.remat(ResidualBlock, static_argnums=(2,)) if self.remat_blocks else ResidualBlock,
           planes=planes, block=self.block, shortcut=self.shortcut,
-          preact=self.preact, width=self.width, stride_on_first_1x1=self.stride_on_first_1x1,
+          preact=self.preact, width=self.width, bottleneck_stride=self.bottleneck_stride,
           post_add_activation=self.post_add_activation,
           zero_init_residual=self.zero_init_residual, dropout_rate=self.dropout_rate,
-          norm=norm, dtype=self.dtype)
-      x = block(strides=2 if stage > 1 else 1, name=f'stage{stage}_block0')(materialized(x), train)
+          norm=norm, conv=conv)
+      out_channels = planes * 4 if self.block == 'bottleneck' else planes
+      preact_input = self._preact_input(stage, x.shape[-1], out_channels)
+      x = block(strides=2 if stage > 1 else 1, preact_input=preact_input,
+                name=f'stage{stage}_block0')(materialized(x), train)
       if self.scan_blocks and num_blocks > 1:
         x, _ = nn.scan(_RepeatedBlock, variable_axes={'params': 0, 'batch_stats': 0},
                        split_rngs={'params': True, 'dropout': True}, length=num_blocks - 1)(
@@ -230,9 +330,10 @@ class ResNet(nn.Module):
       self.sow('intermediates', f'stage{stage}', x)
 
     if self.preact:
-      x = nn.relu(norm(name='final_bn')(x, use_running_average=not train))
+      x = bn_relu('final_bn', x)
     x = jnp.mean(x, axis=(1, 2))
     logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32,
+                      kernel_init=head_kernel_init, bias_init=nn.initializers.zeros,
                       name='head')(x)
     self.sow('intermediates', 'logits', logits)
     return logits.astype(jnp.float32)

@@ -10,7 +10,10 @@ Depth conventions, as each paper counts layers:
              16, 16k, 32k, 64k, pre-activation basic blocks.
 * 'imagenet' (He et al. 2015, Table 1): ResNet-18/34/50/101/152(/200), 7x7 stem and
              max-pool, widths 64/128/256/512; width k widens the bottleneck's inner
-             convolutions (torchvision's wide_resnet50_2 is k=2).
+             convolutions (torchvision's wide_resnet50_2 is k=2); the depth fixes the block.
+
+`block`, `shortcut` and `bottleneck_stride` default to 'auto': the choice of each family's
+paper and code, resolved in `architecture()`; an explicit value wins.
 """
 
 from __future__ import annotations
@@ -42,35 +45,46 @@ def default_model_config() -> ml_collections.ConfigDict:
       family='cifar',  # 'cifar' | 'wrn' | 'imagenet': sets the depth rule, stem and widths
       depth=20,
       width=1,  # width factor k
-      block='basic',  # 'basic' | 'bottleneck'
-      shortcut='A',  # 'A' | 'B' | 'C' | 'none' (the plain twin)
+      block='auto',  # 'auto' | 'basic' | 'bottleneck'; auto: ImageNet by depth, else basic
+      shortcut='auto',  # 'auto' | 'A' | 'B' | 'C' | 'none' (the plain twin); auto: the paper's
       preact=False,  # full pre-activation (He et al. 2016)
       dropout_rate=0.0,  # between the convolutions (WRN)
-      zero_init_residual=False,  # zero-init the last BN scale of each residual branch
+      zero_init_residual=False,  # each block starts as the identity: zero the branch's last layer
       post_add_activation=True,  # post-activation blocks: ReLU after the addition
-      stride_on_first_1x1=False,  # bottleneck: stride on the first 1x1 (2015 paper) not the 3x3
+      bottleneck_stride='auto',  # 'auto' | 'first_1x1' | '3x3'; auto: CIFAR 1x1, ImageNet 3x3
+      norm='batch',  # 'batch' | 'none' (no normalisation at all; convs get a zero-init bias)
+      conv_init='fan_out',  # 'fan_out' | 'fan_in': He normal N(0, 2/fan) (WRN code: fan_in)
+      bn_scale_init='ones',  # 'ones' | 'uniform': U(0, 1), Torch's default (WRN code)
       scan_blocks=False,  # scan each stage's repeated blocks: fast compiles of very deep nets
       remat_blocks=False,  # recompute block activations in the backward pass: less memory
   ))
 
 
+# WRN initialised as the torchnet Lua code released with the paper's v2 (commit 5e7ed6c,
+# Nov 2016), which produced its mean/std numbers (Tables 5-6) that this repo's per-channel
+# normalisation compares with: conv He normal with fan_in (models/utils.lua MSRinit, since
+# commit ea02518 "fix MSRA init", 8 Sep 2016) and BN scale U(0, 1), Torch's default, which
+# the WRN Lua code never overrides (szagoruyko/wide-residual-networks). The v1 (May 2016,
+# ZCA, Table 4) runs predate that fix and used fan_out (--config.model.conv_init=fan_out);
+# the dates of the v2 runs themselves are not documented.
+WRN_INIT = dict(conv_init='fan_in', bn_scale_init='uniform')
+
 PRESETS: dict[str, dict[str, Any]] = {
     # He et al. 2015, CIFAR-10 (Table 6): option A shortcuts; the plain twins drop them.
     **{f'resnet{d}': dict(depth=d) for d in (20, 32, 44, 56, 110, 1202)},
     **{f'plain{d}': dict(depth=d, shortcut='none') for d in (20, 32, 44, 56, 110)},
-    # He et al. 2016, CIFAR (Table 2-3): projection shortcuts where the shape changes.
-    'preact_resnet110': dict(depth=110, preact=True, shortcut='B'),
-    'preact_resnet164': dict(depth=164, block='bottleneck', preact=True, shortcut='B'),
-    'preact_resnet1001': dict(depth=1001, block='bottleneck', preact=True, shortcut='B'),
+    # He et al. 2016, CIFAR (Tables 2-4): option A for the basic ResNet-110, projections
+    # where the shape changes and the stride on the first 1x1 for the bottleneck nets.
+    'preact_resnet110': dict(depth=110, preact=True),
+    'preact_resnet164': dict(depth=164, block='bottleneck', preact=True),
+    'preact_resnet1001': dict(depth=1001, block='bottleneck', preact=True),
     # Zagoruyko & Komodakis 2016 (Tables 4-5).
-    **{f'wrn_{d}_{k}': dict(family='wrn', depth=d, width=k, preact=True, shortcut='B')
+    **{f'wrn_{d}_{k}': dict(family='wrn', depth=d, width=k, preact=True, **WRN_INIT)
        for d, k in ((16, 4), (16, 8), (16, 10), (22, 8), (28, 10), (40, 4), (40, 10))},
-    # He et al. 2015, ImageNet (Table 1), torchvision layout (stride on the 3x3).
-    **{f'resnet{d}': dict(family='imagenet', depth=d, block=IMAGENET_STAGES[d][0], shortcut='B')
-       for d in (18, 34, 50, 101, 152)},
-    'wide_resnet50_2': dict(family='imagenet', depth=50, width=2, block='bottleneck', shortcut='B'),
-    'wide_resnet101_2': dict(family='imagenet', depth=101, width=2, block='bottleneck',
-                             shortcut='B'),
+    # He et al. 2015, ImageNet (Table 1), torchvision layout (stride on the 3x3), option B.
+    **{f'resnet{d}': dict(family='imagenet', depth=d) for d in (18, 34, 50, 101, 152)},
+    'wide_resnet50_2': dict(family='imagenet', depth=50, width=2),
+    'wide_resnet101_2': dict(family='imagenet', depth=101, width=2),
 }
 
 
@@ -89,22 +103,31 @@ def _choice(key: str, value, allowed) -> None:
                       f'{", ".join(repr(a) for a in allowed)}')
 
 
-def _blocks_per_stage(family: str, depth: int, block: str) -> tuple[int, ...]:
+def _block(family: str, depth: int, block: str) -> str:
+  """The block kind: ImageNet depths fix it (He et al. 2015, Table 1; torchvision); the
+  CIFAR and WRN families default to basic blocks (6n+2, 6n+4)."""
   if family == 'imagenet':
     if depth not in IMAGENET_STAGES:
       raise ConfigError(f'model.depth={depth} is not an ImageNet ResNet depth; allowed: '
                         f'{", ".join(map(str, IMAGENET_STAGES))}')
-    expected_block, stage_sizes = IMAGENET_STAGES[depth]
-    if block != expected_block:
+    expected_block = IMAGENET_STAGES[depth][0]
+    if block not in ('auto', expected_block):
       raise ConfigError(f'ResNet-{depth} uses model.block={expected_block!r}, not {block!r}; '
-                        f'set model.block={expected_block}')
-    return stage_sizes
+                        f'set model.block={expected_block} (or auto)')
+    return expected_block
+  if family == 'wrn' and block == 'bottleneck':
+    raise ConfigError("Wide ResNets use model.block='basic'; set model.block=basic")
+  return 'basic' if block == 'auto' else block
+
+
+def _blocks_per_stage(family: str, depth: int, block: str) -> tuple[int, ...]:
+  if family == 'imagenet':
+    return IMAGENET_STAGES[depth][1]
   if family == 'wrn':
-    if block != 'basic':
-      raise ConfigError("Wide ResNets use model.block='basic'; set model.block=basic")
     offset, per_block, rule = 4, 6, 'WRN depth must be 6n+4 (16, 22, 28, 40, ...)'
   elif block == 'basic':
-    offset, per_block, rule = 2, 6, 'CIFAR ResNet depth must be 6n+2 (20, 32, 44, 56, 110, ...)'
+    offset, per_block, rule = 2, 6, ('CIFAR ResNet depth must be 6n+2 (20, 32, 44, 56, 110, '
+                                     '...), or 9n+2 with model.block=bottleneck')
   else:
     offset, per_block, rule = 2, 9, 'CIFAR bottleneck depth must be 9n+2 (164, 1001, ...)'
   n, remainder = divmod(depth - offset, per_block)
@@ -113,36 +136,71 @@ def _blocks_per_stage(family: str, depth: int, block: str) -> tuple[int, ...]:
   return (n, n, n)
 
 
+def _shortcut(family: str, block: str, shortcut: str) -> str:
+  """'auto': the shortcut each paper used; an explicit choice wins.
+
+  * CIFAR basic nets (ResNet-20..1202, pre-act ResNet-110): option A. He et al. 2015,
+    Sec. 4.2: "we use identity shortcuts in all cases (i.e., option A)". For pre-act
+    ResNet-110 it is inferred: He et al. 2016 keep [1]'s details and do not name it;
+    fb.resnet.torch resolves shortcutType to 'A' for CIFAR (opts.lua, lines 75-85).
+  * CIFAR bottleneck nets (pre-act ResNet-164/1001): projections where the shape changes
+    (B): He et al. 2016, appendix; KaimingHe/resnet-1k-layers: resnet-pre-act.lua, 62-90.
+  * WRN: a 1x1 projection where the shape changes (B): models/wide-resnet.lua, line 67.
+  * ImageNet: option B (He et al. 2015, Table 3 caption; fb.resnet.torch opts.lua;
+    torchvision).
+  """
+  if shortcut != 'auto':
+    return shortcut
+  return 'A' if family == 'cifar' and block == 'basic' else 'B'
+
+
 def architecture(model_config) -> dict[str, Any]:
-  """Checks a model config and returns the matching `ResNet` keyword arguments."""
+  """Checks a model config and returns the matching `ResNet` keyword arguments, with every
+  'auto' resolved (block, shortcut, bottleneck_stride)."""
   cfg = default_model_config()
   unknown = set(model_config.keys()) - set(cfg.keys())
   if unknown:
     raise ConfigError(f'unknown model key(s) {sorted(unknown)}; allowed: {sorted(cfg.keys())}')
   cfg.update(dict(model_config))
   _choice('family', cfg.family, FAMILIES)
-  _choice('block', cfg.block, models.BLOCKS)
-  _choice('shortcut', cfg.shortcut, models.SHORTCUTS)
+  _choice('block', cfg.block, ('auto',) + models.BLOCKS)
+  _choice('shortcut', cfg.shortcut, ('auto',) + models.SHORTCUTS)
+  _choice('bottleneck_stride', cfg.bottleneck_stride, ('auto',) + models.BOTTLENECK_STRIDES)
+  _choice('norm', cfg.norm, models.NORMS)
+  _choice('conv_init', cfg.conv_init, tuple(models.CONV_INITS))
+  _choice('bn_scale_init', cfg.bn_scale_init, tuple(models.BN_SCALE_INITS))
   if not isinstance(cfg.width, int) or cfg.width < 1:
     raise ConfigError(f'model.width={cfg.width!r} is not valid: the width factor k must be an '
                       'integer >= 1')
   if not 0.0 <= cfg.dropout_rate < 1.0:
     raise ConfigError(f'model.dropout_rate={cfg.dropout_rate} is not valid: use 0 <= rate < 1')
-  stage_sizes = _blocks_per_stage(cfg.family, cfg.depth, cfg.block)
+  block = _block(cfg.family, cfg.depth, cfg.block)
+  stage_sizes = _blocks_per_stage(cfg.family, cfg.depth, block)
   # Basic blocks widen as a whole (WRN); bottlenecks widen only their inner convolutions
   # (WRN Sec. 2, torchvision's wide_resnet50_2).
-  widen = 1 if cfg.block == 'bottleneck' else cfg.width
+  widen = 1 if block == 'bottleneck' else cfg.width
   if cfg.family == 'imagenet':
     stem, stem_width, base_planes = 'imagenet', 64, (64, 128, 256, 512)
   else:
     stem, stem_width, base_planes = 'cifar', 16, (16, 32, 64)
   stage_planes = tuple(p * widen for p in base_planes)
+  # 'auto': He et al.'s own CIFAR code strides the first 1x1 (KaimingHe/resnet-1k-layers:
+  # resnet-pre-act.lua, line 43), for both orderings, so that He et al. 2016's Table 2
+  # compares units that differ only in their ordering; ImageNet nets stride the 3x3 as
+  # fb.resnet.torch and torchvision (and their pretrained weights) do.
+  bottleneck_stride = cfg.bottleneck_stride
+  if bottleneck_stride == 'auto':
+    bottleneck_stride = '3x3' if cfg.family == 'imagenet' else 'first_1x1'
   return dict(
-      stage_sizes=stage_sizes, stage_planes=stage_planes, block=cfg.block, stem=stem,
-      stem_width=stem_width, shortcut=cfg.shortcut, preact=cfg.preact,
-      width=cfg.width if cfg.block == 'bottleneck' else 1,
-      stride_on_first_1x1=cfg.stride_on_first_1x1, post_add_activation=cfg.post_add_activation,
+      stage_sizes=stage_sizes, stage_planes=stage_planes, block=block, stem=stem,
+      stem_width=stem_width, shortcut=_shortcut(cfg.family, block, cfg.shortcut),
+      preact=cfg.preact,
+      # CIFAR: fb.resnet.torch's preresnet.lua; WRN: its own code (models.PREACT_SHARED_AT).
+      preact_shared_at='shape_change' if cfg.family == 'wrn' else 'stage_entry',
+      width=cfg.width if block == 'bottleneck' else 1,
+      bottleneck_stride=bottleneck_stride, post_add_activation=cfg.post_add_activation,
       zero_init_residual=cfg.zero_init_residual, dropout_rate=float(cfg.dropout_rate),
+      norm=cfg.norm, conv_init=cfg.conv_init, bn_scale_init=cfg.bn_scale_init,
       scan_blocks=bool(cfg.scan_blocks), remat_blocks=bool(cfg.remat_blocks))
 
 
@@ -170,16 +228,22 @@ def build_model(model_config, num_classes: int, *, half_precision: bool = False,
 
 
 def model_name(model_config) -> str:
-  """A short human name: resnet56-A, plain56, preact_resnet164-B, wrn-28-10, wide_resnet50_2."""
+  """A short human name: resnet56-A, plain56, preact_resnet164-B, wrn-28-10, wide_resnet50_2;
+  the shortcut as resolved, '-nonorm' for a net without normalisation."""
   cfg = default_model_config()
   cfg.update(dict(model_config))
+  try:
+    shortcut = architecture(cfg)['shortcut']
+  except ConfigError:  # an impossible config is still named, by its raw values
+    shortcut = cfg.shortcut
+  suffix = '-nonorm' if cfg.norm == 'none' else ''
   if cfg.family == 'wrn':
-    return f'wrn-{cfg.depth}-{cfg.width}'
+    return f'wrn-{cfg.depth}-{cfg.width}' + suffix
   prefix = 'preact_' if cfg.preact else ''
   if cfg.family == 'imagenet':
     base = f'wide_resnet{cfg.depth}_{cfg.width}' if cfg.width > 1 else f'resnet{cfg.depth}'
-    return prefix + base + ('' if cfg.shortcut == 'B' else f'-{cfg.shortcut}')
-  if cfg.shortcut == 'none':
-    return f'{prefix}plain{cfg.depth}' + (f'x{cfg.width}' if cfg.width > 1 else '')
-  return f'{prefix}resnet{cfg.depth}' + (f'x{cfg.width}' if cfg.width > 1 else '') + \
-      f'-{cfg.shortcut}'
+    return prefix + base + ('' if shortcut == 'B' else f'-{shortcut}') + suffix
+  widened = f'x{cfg.width}' if cfg.width > 1 else ''
+  if shortcut == 'none':
+    return f'{prefix}plain{cfg.depth}{widened}' + suffix
+  return f'{prefix}resnet{cfg.depth}{widened}-{shortcut}' + suffix

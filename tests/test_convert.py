@@ -190,7 +190,13 @@ def test_headless_state_dict_needs_fc(resnet18_state_dict):
     convert.from_torch(headless, arch='resnet18')
 
 
-@pytest.mark.parametrize('arch', ['resnet56', 'wrn_28_10', 'preact_resnet164'])
+@pytest.mark.parametrize('arch', [
+    'resnet56', 'wrn_28_10', 'preact_resnet164',
+    # ImageNet layouts whose tensors have torchvision's shapes but compute something else.
+    dict(family='imagenet', depth=50, bottleneck_stride='first_1x1'),
+    dict(family='imagenet', depth=18, norm='none'),
+    dict(family='imagenet', depth=50, preact=True),
+], ids=str)
 def test_architectures_without_torchvision_counterpart_are_refused(arch):
   with pytest.raises(convert.ConversionError, match='no torchvision counterpart'):
     convert.model_config(arch)

@@ -52,6 +52,17 @@ def test_the_table_lists_stem_stages_and_logits_in_order_with_their_parameters()
   assert sum(params for _, _, params in result['stages']) == result['params'] == 269_722
 
 
+def test_a_net_without_normalisation_is_summarised_with_its_conv_biases():
+  config = config_lib.default_config()
+  config.model = presets.preset('resnet20')
+  config.model.norm = 'none'
+  result = summary.summarize(config)
+  assert result['model'] == 'resnet20-A-nonorm'
+  # 269,722 less 688 BN channels (scale and bias) plus 688 conv biases.
+  assert sum(params for _, _, params in result['stages']) == result['params'] == 269_034
+  assert result['macs_per_example'] == summarize('resnet20')['macs_per_example']
+
+
 def test_summary_mode_honours_overrides_and_ends_with_one_json_line():
   output = subprocess.run(
       [sys.executable, 'launch.py', '--config=configs/wrn.py', '--mode=summary',
