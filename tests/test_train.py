@@ -113,7 +113,9 @@ def test_a_train_step_lowers_the_loss_on_a_fixed_batch():
   state, step = make_step(config, mesh)
   arrays, batch = fixed_batch(mesh)
   losses = []
-  for _ in range(8):
+  # 12 steps: the classifier starts at Torch's U(+-1/sqrt(fan_in)) (models.head_kernel_init),
+  # sqrt(3) narrower than Flax's default, and halves this loss at step 12 instead of 8.
+  for _ in range(12):
     state, metrics = step(state, arrays, batch)
     losses.append(float(metrics['loss']))
   assert losses[-1] < 0.5 * losses[0], losses
