@@ -56,7 +56,7 @@ def get_config(arg=None):
   config.half_precision = True
   config.checkpoint_every_steps = 5_000
   if 'he2015' in variants:
-    config.model.stride_on_first_1x1 = True
+    config.model.bottleneck_stride = 'first_1x1'
     config.augment.train_crop = 'scale'
     config.augment.scale_range = (256, 480)
     config.augment.pca_noise = 0.1
