@@ -156,11 +156,15 @@ class ResidualBlock(nn.Module):
     shape_changes = self.strides != 1 or in_channels != self.out_channels
     return self.shortcut == 'C' or (self.shortcut == 'B' and shape_changes)
 
+  def _conv(self, *args, **kwargs) -> nn.Module:
+    """A convolution with a bias exactly when no BN follows to provide one."""
+    return self.conv(*args, use_bias=self.norm is None, **kwargs)
+
   def _skip(self, x, train: bool):
     if self.shortcut == 'none':
       return None
     if self._needs_projection(x.shape[-1]):
-      y = self.conv(self.out_channels, 1, self.strides, name='shortcut_conv')(x)
+      y = self._conv(self.out_channels, 1, self.strides, name='shortcut_conv')(x)
       if self.preact or self.norm is None:
         return y
       return self.norm(name='shortcut_bn')(y, use_running_average=not train)
@@ -183,7 +187,7 @@ class ResidualBlock(nn.Module):
       features, kernel, stride = branch[i - 1]
       zero = self.zero_init_residual and not ends_in_norm and i == last
       extra = dict(kernel_init=nn.initializers.zeros) if zero else {}
-      return self.conv(features, kernel, stride, name=f'conv{i}', **extra)(y)
+      return self._conv(features, kernel, stride, name=f'conv{i}', **extra)(y)
 
     def dropout(y):  # sits right before the branch's last convolution (WRN, Sec. 2)
       return nn.Dropout(self.dropout_rate, deterministic=not train)(y) if self.dropout_rate else y
