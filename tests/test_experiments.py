@@ -38,7 +38,7 @@ def test_every_variant_expands_to_valid_points(name, arg, tmp_path):
     assert {run.overrides['seed'] for run in runs} == {0, 1, 2}
 
 
-@pytest.mark.parametrize('name', TRAINED)
+@pytest.mark.parametrize('name', NAMES)
 def test_cpu_variants_train_on_all_of_cifar_10_with_two_seeds_and_say_what_they_measured(name):
   module = experiment(name)
   config = module.get_config('cpu')
@@ -52,7 +52,7 @@ def test_quick_variants_are_cpu_sized_and_documented(name):
   module = experiment(name)
   quick = module.get_config('quick')
   assert 0 < quick.dataset.max_train_examples <= 5000
-  assert len(module.get_sweep('quick')) <= 6
+  assert len(module.get_sweep('quick')) <= 8
   for section in ('Command:', 'Expected:', 'Time:', ':quick'):
     assert section in module.__doc__, section
 
@@ -154,26 +154,42 @@ def test_per_block_measurements_refuse_scanned_stages_in_one_line(name):
 
 
 def test_gradient_flow_quick_runs_end_to_end(tmp_path):
-  """The quick variant's six points on a tiny image folder: gradients, CSV, report, figures."""
+  """The quick variant's eight points (norm x shortcut x depth) on a tiny image folder:
+  gradients, CSV, report, figures."""
   sys.path.insert(0, str(ROOT / 'tests'))
   from test_sweep import write_image_folder  # pylint: disable=g-import-not-at-top
   data = write_image_folder(tmp_path / 'data', per_class=4, test_per_class=1)
   module = experiment('gradient_flow')
   config = sweep.apply_overrides(module.get_config('quick'), {
       'dataset.name': 'folder', 'dataset.path': str(data), 'dataset.max_train_examples': 40,
-      'batch_size': 8, 'num_train_steps': 2})
+      'batch_size': 8})
   rows = sweep.main(config, str(ROOT / 'experiments/gradient_flow.py:quick'), tmp_path / 'w')
-  assert [row['status'] for row in rows] == ['done'] * 6
-  depths = {row['model.depth'] for row in rows}
-  assert depths == set(module.DEPTHS['quick'])
+  assert [row['status'] for row in rows] == ['done'] * 8
+  assert {(row['model.norm'], row['model.depth']) for row in rows} == {
+      (norm, depth) for norm in module.NORMS for depth in module.DEPTHS['quick']}
   for row in rows:
     gradients = json.loads((tmp_path / 'w' / row['name'] / 'gradients.json').read_text())
-    assert [r['step'] for r in gradients['records']] == [0, 1, 2]
+    steps = [r['step'] for r in gradients['records']]
+    assert steps == [0, 1, 2] or gradients['records'][-1]['loss'] is None  # or diverged
     assert len(gradients['records'][0]['block_grad_norm']) == (row['model.depth'] - 2) // 2
   report = (tmp_path / 'w' / 'report.md').read_text()
-  assert '## Gradient flow' in report and 'gradient_flow_init.png' in report
-  for figure in ('gradient_flow_init.png', 'gradient_flow_layers.png', 'gradient_flow_steps.png'):
+  assert '## Gradient flow' in report and 'without normalisation' in report
+  for figure in ('gradient_flow_init.png', 'gradient_flow_steps.png'):
     assert (tmp_path / 'w' / figure).exists()
+
+
+def test_gradient_flow_gives_every_point_the_same_schedule():
+  """Depth must not be confounded with the lr: no warm-up at 110 layers, a constant lr."""
+  from resnet_jax import optim
+  module = experiment('gradient_flow')
+  for arg in (None, 'cpu', 'quick'):
+    config = module.get_config(arg)
+    lrs = set()
+    for point in module.get_sweep(arg):
+      point_config = sweep.apply_overrides(config, point)
+      multiplier = optim.lr_multiplier(point_config, 390, point_config.num_train_steps)
+      lrs.add(tuple(round(float(multiplier(step)), 6) for step in (0, 1, 399, 400)))
+    assert lrs == {(1.0, 1.0, 1.0, 1.0)}
 
 
 @pytest.mark.skipif(not CIFAR.exists(), reason=f'real CIFAR-10 not found at {CIFAR}')
