@@ -29,10 +29,11 @@ def random_crop_flip(key: jax.Array, images: jax.Array, padding: int = 4,
 
   Args:
     key: PRNG key.
-    images: [N, H, W, C], any dtype (uint8 before normalisation).
+    images: [N, H, W, C], any dtype (train.device_images normalises first).
     padding: pixels of padding on each side; 0 disables cropping.
     flip: whether to mirror each example with probability 1/2.
-    pad_mode: 'constant' (zeros, He et al.) or 'reflect' (Zagoruyko & Komodakis 2016
+    pad_mode: 'constant' (zeros; after normalisation the mean colour, as He et al.) or
+      'reflect' (Zagoruyko & Komodakis 2016
       fill the border "with reflections of original image").
 
   Returns:

@@ -12,6 +12,7 @@ from resnet_jax import imagenet, presets, preprocessing
 from resnet_jax.presets import ConfigError
 
 LR_SCHEDULES = ('step', 'cosine', 'constant')
+PAD_MODES = ('mean', 'black', 'reflect')
 OPTIMIZERS = ('sgd',)
 FINETUNE_MODES = ('full', 'linear_probe', 'frozen_bn')
 
@@ -39,7 +40,10 @@ def default_config() -> ml_collections.ConfigDict:
   # He et al. 2015 CIFAR augmentation, applied on the device inside the train step.
   config.augment = ml_collections.ConfigDict(dict(
       crop_padding=4,  # pad then random crop back to image_size; 0 = off
-      pad_mode='constant',  # 'constant' (zeros, He et al.) | 'reflect' (WRN)
+      # 'mean': zeros after normalisation, i.e. the mean colour (He et al.'s mean-subtracted
+      # Caffe inputs; fb.resnet.torch normalises, then pads with 0) | 'black': zero pixels
+      # before normalisation (torchvision's RandomCrop on images) | 'reflect' (WRN)
+      pad_mode='mean',
       flip=True,  # random horizontal flip
       cutout=0,  # side of a cutout square (DeVries & Taylor 2017); 0 = off
       resize_to=0,  # resize on the device to this side (e.g. 32 px up to 224); 0 = off
@@ -214,7 +218,7 @@ def _validate_data(config) -> None:
     raise ConfigError(f'dataset.validation_examples={dataset.validation_examples} is not valid: '
                       'use 0 or a positive multiple of the class count (in-memory datasets; '
                       'imagenet2012 evaluates on its own validation split)')
-  _check_choice(augment, 'pad_mode', ('constant', 'reflect'), 'augment.')
+  _check_choice(augment, 'pad_mode', PAD_MODES, 'augment.')
   if augment.crop_padding < 0 or augment.cutout < 0 or augment.resize_to < 0:
     raise ConfigError('augment.crop_padding, augment.cutout and augment.resize_to must be >= 0 '
                       '(0 = off)')

@@ -52,20 +52,31 @@ def cross_entropy(logits, labels, num_classes: int, label_smoothing: float = 0.0
 
 
 def device_images(images, keys, config, mean, std, dtype):
-  """Augments (when `keys` is given) and normalises one device's images.
+  """Normalises and augments (when `keys` is given) one device's images.
 
-  uint8 images are normalised per channel after crop and flip. float32 images arrive
-  normalised already (a pixel_mean or zca normalisation, which the authors applied
-  before augmenting; input_pipeline.local_batch) and are only augmented.
+  The authors normalise, then pad and crop: the padding of `augment.pad_mode='mean'` is
+  zero in the normalised space, the mean colour (fb.resnet.torch datasets/cifar10.lua:
+  ColorNormalize before RandomCrop; He et al.'s mean-subtracted Caffe inputs); 'black'
+  pads the uint8 pixels first, as torchvision's RandomCrop on images does. float32 images
+  arrive normalised already (a pixel_mean or zca normalisation; input_pipeline.local_batch).
   """
-  if keys is not None and (config.augment.crop_padding or config.augment.flip):
-    images = jax.vmap(lambda key, image: augment.random_crop_flip(
+  crop = keys is not None and (config.augment.crop_padding or config.augment.flip)
+  black = config.augment.pad_mode == 'black'
+
+  def crop_flip(images):
+    return jax.vmap(lambda key, image: augment.random_crop_flip(
         key, image[None], config.augment.crop_padding, config.augment.flip,
-        config.augment.pad_mode)[0])(keys, images)
+        'reflect' if config.augment.pad_mode == 'reflect' else 'constant')[0])(keys, images)
+
+  if crop and black and images.dtype == jnp.uint8:
+    images = crop_flip(images)
+    crop = False
   if images.dtype == jnp.uint8:
     images = augment.normalize(images, mean, std, dtype)
   else:
     images = images.astype(dtype)
+  if crop:
+    images = crop_flip(images)
   if keys is not None and config.augment.pca_noise:  # AlexNet lighting, on the [0, 1] scale
     offsets = jax.vmap(lambda key: augment.pca_lighting(
         jax.random.fold_in(key, 2), 1, config.augment.pca_noise)[0])(keys)

@@ -99,3 +99,22 @@ def test_momentum_resets_follow_the_configured_drops_through_the_whole_optimiser
   # step 0 scaled by 0.2.
   assert updates[6] == pytest.approx(0.2 * updates[0], rel=1e-5)
   assert jax.tree.structure(tx.init(params)) == jax.tree.structure(state)
+
+
+@pytest.mark.parametrize('pad_mode', ['mean', 'black'])
+def test_crop_padding_is_the_mean_colour_as_the_authors_pad_or_black_when_asked(pad_mode):
+  """fb.resnet.torch normalises, then zero-pads (He et al.'s mean-subtracted inputs alike):
+  the border is the mean colour, 0 after normalisation; 'black' pads the pixels first."""
+  from resnet_jax import config as config_lib, train
+  config = config_lib.default_config()
+  config.augment.flip = False
+  config.augment.pad_mode = pad_mode
+  mean, std = (0.5, 0.4, 0.3), (0.2, 0.2, 0.2)
+  images = jnp.full((64, 8, 8, 3), 255, jnp.uint8)
+  keys = jax.random.split(jax.random.key(0), 64)
+  out = np.asarray(train.device_images(images, keys, config, mean, std, jnp.float32))
+  inside = (1.0 - np.asarray(mean)) / np.asarray(std)
+  border = np.zeros(3) if pad_mode == 'mean' else -np.asarray(mean) / np.asarray(std)
+  is_inside = np.all(np.isclose(out, inside, atol=1e-5), axis=-1)
+  is_border = np.all(np.isclose(out, border, atol=1e-5), axis=-1)
+  assert np.all(is_inside | is_border) and is_border.any() and is_inside.any()
