@@ -14,7 +14,12 @@ What this module adds:
   next-newest one is tried, on all processes alike;
 * a clear error when a checkpoint is intact but holds a different model than
   the one being restored (changed config, same workdir). That is a user error,
-  not damage, so those checkpoints are left alone.
+  not damage, so those checkpoints are left alone;
+* a last good checkpoint that retention never deletes: the caller marks a step
+  good (``mark_good``) once training went on from it to the next save with
+  everything finite, and ``move_aside_after`` sets the steps after it aside
+  (``<step>.diverged-<time>``) when a run diverges, so a rerun resumes from it;
+* ``WorkdirLock``: one training process per workdir.
 
 Layout of one step, as written by orbax::
 
@@ -26,11 +31,16 @@ Layout of one step, as written by orbax::
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
 import os
+import pathlib
+import socket
+import threading
 import time
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -52,6 +62,28 @@ STATE_ITEM = 'state'
 _METRICS_ITEM = 'metrics'
 # Orbax writes `<step>.orbax-checkpoint-tmp-<n>` and renames it when complete.
 _TMP_MARKER = '.orbax-checkpoint-tmp'
+# The step that `mark_good` vouched for last, kept across restarts.
+LAST_GOOD_FILE = 'last_good.json'
+
+
+class RunError(Exception):
+  """A run that cannot start or go on for a reason the user fixes (its workdir, its
+  checkpoints, its disk); the message is one line naming the fix."""
+
+  def __init__(self, message: str):
+    super().__init__(' '.join(str(message).split()))
+
+
+class CheckpointMismatch(RunError, ValueError):
+  """An intact checkpoint holds another model or optimiser than the one restored."""
+
+
+class WorkdirError(RunError):
+  """The workdir cannot be written: a file, no permission, or a full disk."""
+
+
+class WorkdirInUse(RunError):
+  """Another live process trains in this workdir."""
 
 
 class Checkpointer:
@@ -93,7 +125,8 @@ class Checkpointer:
       self._move_aside_steps_with_unreadable_metrics()
     _sync_processes('resnet_jax.checkpoint.init')
 
-    policies = [checkpoint_managers.LatestN(n=max_to_keep)]
+    self._last_good = _KeepStep(self._read_last_good())
+    policies = [checkpoint_managers.LatestN(n=max_to_keep), self._last_good]
     self._score = best_fn = None
     if best_metric is not None:
       self._score = best_fn = _MetricScore(best_metric, best_mode)
@@ -151,6 +184,51 @@ class Checkpointer:
 
   def all_steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
+
+  @property
+  def last_good_step(self) -> int | None:
+    """The newest step marked good that still exists; retention keeps it."""
+    step = self._last_good.step
+    return step if step is not None and step in self._manager.all_steps() else None
+
+  # ---------------------------------------------------------- last good step
+
+  def mark_good(self, step: int) -> None:
+    """Vouches for checkpoint ``step``: training went on from it with everything finite.
+
+    Call it before the next ``save``, so that retention, which runs after that save,
+    already keeps ``step``; the mark survives restarts (``last_good.json``).
+    """
+    step = int(step)
+    if step == self._last_good.step:
+      return
+    self._last_good.step = step
+    if jax.process_index() == 0:
+      path = self.directory / LAST_GOOD_FILE
+      tmp = self.directory / f'{LAST_GOOD_FILE}.tmp'
+      tmp.write_text(json.dumps({'step': step}) + '\n')
+      os.replace(tmp, path)
+
+  def move_aside_after(self, step: int | None, reason: str) -> list[int]:
+    """Renames every step after ``step`` (all, for None) to ``<step>.<reason>-<time>``.
+
+    Nothing is deleted; orbax no longer sees those steps, so the next start resumes
+    from ``step``. Returns the steps moved.
+    """
+    self.wait()
+    moved = [s for s in self.all_steps() if step is None or s > step]
+    if jax.process_index() == 0:
+      for s in moved:
+        self._rename_aside(self.directory / str(s), reason)
+    _sync_processes(f'resnet_jax.checkpoint.{reason}.{step}')
+    self._manager.reload()
+    return moved
+
+  def _read_last_good(self) -> int | None:
+    try:
+      return int(json.loads((self.directory / LAST_GOOD_FILE).read_text())['step'])
+    except (OSError, ValueError, KeyError, TypeError):
+      return None
 
   # ------------------------------------------------------------------- save
 
@@ -224,8 +302,8 @@ class Checkpointer:
     The handler has no barrier, so every process reaches the agreement step.
 
     Raises:
-      ValueError: the checkpoint is readable but its arrays' names or shapes
-        differ from ``abstract_state`` (a different model or optimizer).
+      CheckpointMismatch: the checkpoint is readable but its arrays' names or
+        shapes differ from ``abstract_state`` (a different model or optimizer).
     """
     self.wait()
     moved_aside = []
@@ -284,7 +362,7 @@ class Checkpointer:
         p for p in stored_shapes.keys() & wanted_shapes.keys()
         if stored_shapes[p] != wanted_shapes[p]
     ]
-    raise ValueError(
+    raise CheckpointMismatch(
         f'Checkpoint {self.directory / str(step)} holds a different state than '
         'the one being restored (changed model/optimizer config with the same '
         'workdir?). Only in checkpoint: '
@@ -297,7 +375,7 @@ class Checkpointer:
   def _move_aside(self, step: int, error: Exception | None) -> None:
     """Renames a damaged step directory so orbax ignores it; process 0 acts."""
     if jax.process_index() == 0:
-      reason = _one_line(error) if error else 'failed to restore on another process'
+      reason = one_line(error) if error else 'failed to restore on another process'
       target = self._rename_aside(self.directory / str(step))
       log.warning(
           'Checkpoint step %d is unreadable (%s); moved it to %s and falling '
@@ -306,12 +384,12 @@ class Checkpointer:
     self._manager.reload()
 
   @staticmethod
-  def _rename_aside(step_dir: epath.Path) -> epath.Path:
+  def _rename_aside(step_dir: epath.Path, reason: str = 'corrupt') -> epath.Path:
     stamp = time.strftime('%Y%m%d-%H%M%S')
-    target = step_dir.parent / f'{step_dir.name}.corrupt-{stamp}'
+    target = step_dir.parent / f'{step_dir.name}.{reason}-{stamp}'
     suffix = 1
     while target.exists():
-      target = step_dir.parent / f'{step_dir.name}.corrupt-{stamp}-{suffix}'
+      target = step_dir.parent / f'{step_dir.name}.{reason}-{stamp}-{suffix}'
       suffix += 1
     step_dir.rename(target)
     return target
@@ -342,7 +420,22 @@ class Checkpointer:
         target = self._rename_aside(step_dir)
         log.warning(
             'Checkpoint step %s is unreadable (metrics file: %s); moved it to '
-            '%s.', step_dir.name, _one_line(e), target.name)
+            '%s.', step_dir.name, one_line(e), target.name)
+
+
+class _KeepStep:
+  """Preservation policy: keeps the checkpoint at ``step`` (None: none), which the
+  Checkpointer moves forward as steps are marked good."""
+
+  def __init__(self, step: int | None):
+    self.step = step
+
+  def should_preserve(self, checkpoints, *, context) -> list[bool]:
+    del context
+    return [checkpoint.step == self.step for checkpoint in checkpoints]
+
+  def __repr__(self) -> str:
+    return f'_KeepStep({self.step})'
 
 
 class _MetricScore:
@@ -380,7 +473,7 @@ def _stored_shape(leaf: Any) -> tuple[int, ...]:
   return tuple(leaf.shape)
 
 
-def _one_line(error: BaseException, limit: int = 240) -> str:
+def one_line(error: BaseException, limit: int = 240) -> str:
   """The root cause of ``error`` as one short line, for the warning."""
   # Orbax wraps TensorStore's precise error ('OUT_OF_RANGE: ... byte range ...')
   # in a generic one; the innermost exception says what is actually wrong.
@@ -402,3 +495,197 @@ def _all_processes_agree(ok: bool) -> bool:
   if jax.process_count() == 1:
     return ok
   return bool(np.all(multihost_utils.process_allgather(np.asarray(ok))))
+
+
+# ----------------------------------------------------------------- disk full
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full(error: BaseException) -> OSError | None:
+  """The 'no space left' (or quota) OSError behind ``error``, however orbax wrapped it."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno in _DISK_FULL:
+      return error
+    error = error.__cause__ or error.__context__
+  return None
+
+
+# ----------------------------------------------------------------- the lock
+
+
+class WorkdirLock:
+  """One training process (or multi-process job) per workdir.
+
+  Process 0 creates ``<workdir>/lock.json`` (host, pid, start time) atomically and
+  touches it every ``heartbeat_s`` seconds while it trains; the other processes of
+  its job rely on it. A second process finds the file and refuses, naming the holder,
+  unless the holder is gone:
+
+  * same host: its pid no longer runs (or runs a process started at another time,
+    a reused pid);
+  * another host: its heartbeat is older than ``stale_after_s`` (its pid cannot be
+    checked from here).
+
+  A stale lock is renamed aside and replaced; of two processes doing so at once only
+  one succeeds. Use as a context manager on every process.
+  """
+
+  FILE = 'lock.json'
+
+  def __init__(self, workdir, *, heartbeat_s: float = 30.0, stale_after_s: float = 300.0):
+    self.path = pathlib.Path(workdir).absolute() / self.FILE
+    self.heartbeat_s = heartbeat_s
+    self.stale_after_s = stale_after_s
+    self.taken_over: dict | None = None  # the stale holder this process replaced
+    self._token = uuid.uuid4().hex
+    self._held = False
+    self._stop = threading.Event()
+    self._thread: threading.Thread | None = None
+
+  def __enter__(self) -> WorkdirLock:
+    self.acquire()
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.release()
+
+  def acquire(self) -> None:
+    """Takes the lock on process 0; raises WorkdirInUse (on all processes) if held."""
+    refusal = None
+    if jax.process_index() == 0:
+      try:
+        self._take()
+      except WorkdirInUse as error:
+        refusal = error
+    if not _all_processes_agree(refusal is None):
+      self.release()
+      raise refusal or WorkdirInUse(
+          f'{self.path.parent} is in use by another run (see process 0); wait for it or '
+          'use another --workdir')
+    if self._held:
+      self._thread = threading.Thread(target=self._beat, name='workdir-lock', daemon=True)
+      self._thread.start()
+
+  def release(self) -> None:
+    self._stop.set()
+    if self._thread is not None:
+      self._thread.join()
+      self._thread = None
+    if self._held:
+      self._held = False
+      holder = self._read()
+      if holder is not None and holder.get('token') == self._token:
+        self.path.unlink(missing_ok=True)
+
+  # -------------------------------------------------------------- internals
+
+  def _take(self) -> None:
+    for _ in range(3):  # a stale lock moved aside by another process: look again
+      if self._create():
+        self._held = True
+        return
+      holder = self._read()
+      if holder is None and not self.path.exists():
+        continue
+      age = self._age()
+      if self._alive(holder, age):
+        raise WorkdirInUse(self._describe(holder, age))
+      if self._move_aside(holder):
+        self.taken_over = holder
+    raise WorkdirInUse(f'{self.path.parent} is being locked by another process at this '
+                       'moment; retry, or use another --workdir')
+
+  def _create(self) -> bool:
+    """Writes the whole lock file under a temporary name, then links it into place:
+    the link fails if a lock exists, and a reader never sees a half-written file."""
+    record = {'host': socket.gethostname(), 'pid': os.getpid(),
+              'pid_start': _process_start(os.getpid()), 'started': time.time(),
+              'token': self._token}
+    tmp = self.path.parent / f'{self.FILE}.{self._token}.tmp'
+    try:
+      tmp.write_text(json.dumps(record) + '\n')
+    except OSError as error:
+      raise WorkdirError(f'cannot write in {self.path.parent} ({error.strerror}); give a '
+                         'writable --workdir') from None
+    try:
+      os.link(tmp, self.path)
+      return True
+    except FileExistsError:
+      return False
+    finally:
+      tmp.unlink(missing_ok=True)
+
+  def _read(self) -> dict | None:
+    try:
+      return json.loads(self.path.read_text())
+    except (OSError, ValueError):
+      return None
+
+  def _age(self) -> float:
+    try:
+      return max(0.0, time.time() - os.stat(self.path).st_mtime)
+    except OSError:
+      return math.inf
+
+  def _alive(self, holder: dict | None, age: float) -> bool:
+    if holder is None:  # unreadable: trust only a fresh heartbeat
+      return age < self.stale_after_s
+    if holder.get('host') != socket.gethostname():
+      return age < self.stale_after_s
+    pid = int(holder.get('pid', -1))
+    if pid <= 0:
+      return age < self.stale_after_s
+    try:
+      os.kill(pid, 0)
+    except ProcessLookupError:
+      return False
+    except PermissionError:
+      pass  # runs, under another user
+    recorded, current = holder.get('pid_start'), _process_start(pid)
+    return recorded is None or current is None or recorded == current
+
+  def _move_aside(self, holder: dict | None) -> bool:
+    """Renames the stale lock aside; False if it was not the one read (a race)."""
+    aside = self.path.parent / f'{self.FILE}.stale-{self._token}'
+    try:
+      os.rename(self.path, aside)
+    except FileNotFoundError:
+      return False
+    moved = json.loads(aside.read_text()) if aside.exists() else None
+    if holder is not None and moved is not None and moved.get('token') != holder.get('token'):
+      try:  # a live lock taken in between: put it back
+        os.link(aside, self.path)
+      except FileExistsError:
+        pass
+      aside.unlink(missing_ok=True)
+      return False
+    aside.unlink(missing_ok=True)
+    return True
+
+  def _describe(self, holder: dict | None, age: float) -> str:
+    where = (f'pid {holder.get("pid")} on host {holder.get("host")}' if holder
+             else 'another process')
+    since = (f', started {time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder["started"]))}'
+             if holder and 'started' in holder else '')
+    return (f'{self.path.parent} is in use by {where}{since}, lock heartbeat {age:.0f} s '
+            'ago; wait for it to finish (or stop it), or use another --workdir')
+
+  def _beat(self) -> None:
+    while not self._stop.wait(self.heartbeat_s):
+      try:
+        os.utime(self.path)
+      except OSError:
+        pass  # a full or lost disk shows up in the training loop itself
+
+
+def _process_start(pid: int) -> str | None:
+  """When ``pid`` started (Linux: ticks since boot, /proc/<pid>/stat field 22); None
+  where unknown. Tells a live holder from a new process that reuses its pid."""
+  try:
+    with open(f'/proc/{pid}/stat', encoding='utf-8') as stat:
+      return stat.read().rsplit(')', 1)[1].split()[19]
+  except (OSError, IndexError):
+    return None

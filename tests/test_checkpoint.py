@@ -17,6 +17,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from typing import Any
 
 import jax
@@ -31,7 +32,8 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # When run as a worker script.
   sys.path.insert(0, str(REPO_ROOT))
 
-from resnet_jax.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
+from resnet_jax.checkpoint import (  # pylint: disable=g-import-not-at-top
+    Checkpointer, WorkdirInUse, WorkdirLock)
 
 LOGGER = 'resnet_jax.checkpoint'
 WIDTH = 4096
@@ -249,6 +251,21 @@ def test_best_step_needs_a_real_value_of_the_metric(tmp_path):
     assert ckpt.best_step is None  # Saved with other metrics only.
 
 
+def test_the_step_marked_good_outlives_retention_restarts_and_a_divergence(tmp_path):
+  """keep 1: steps 1 and 3 remain; moving aside what follows step 1 leaves it to resume."""
+  mesh = local_mesh()
+  with Checkpointer(tmp_path, max_to_keep=1) as ckpt:
+    ckpt.save(1, device_state(1, mesh))
+    ckpt.mark_good(1)  # training went on from step 1 with every value finite
+    ckpt.save(2, device_state(2, mesh))
+    ckpt.save(3, device_state(3, mesh))
+  with Checkpointer(tmp_path, max_to_keep=1) as ckpt:
+    assert ckpt.all_steps() == [1, 3] and ckpt.last_good_step == 1
+    assert ckpt.move_aside_after(ckpt.last_good_step, 'diverged') == [3]
+    assert ckpt.restore_latest(abstract_state(mesh))[0] == 1
+  assert [p.name.split('-')[0] for p in tmp_path.glob('3.*')] == ['3.diverged']
+
+
 # -------------------------------------------------------- damaged checkpoints
 
 
@@ -342,6 +359,48 @@ def test_checkpoint_of_a_different_model_is_an_error_not_damage(tmp_path):
     with pytest.raises(ValueError, match=r'holds a different state.*batch_stats'):
       ckpt.restore_latest(other)
   assert os.listdir(tmp_path) == ['1']  # Untouched.
+
+
+# ------------------------------------------------------------------ the lock
+
+
+def write_lock(workdir, **holder):
+  lock = workdir / WorkdirLock.FILE
+  lock.write_text(json.dumps({'host': socket.gethostname(), 'pid': os.getpid(),
+                              'started': 0.0, 'token': 'other', **holder}))
+  return lock
+
+
+def test_a_live_holder_is_named_and_a_released_lock_is_gone(tmp_path):
+  with WorkdirLock(tmp_path):
+    holder = json.loads((tmp_path / 'lock.json').read_text())
+    assert holder['pid'] == os.getpid() and holder['host'] == socket.gethostname()
+    with pytest.raises(WorkdirInUse) as error:
+      WorkdirLock(tmp_path).acquire()
+  assert f'in use by pid {os.getpid()} on host {socket.gethostname()}' in str(error.value)
+  assert '\n' not in str(error.value)
+  assert not (tmp_path / 'lock.json').exists()
+
+
+def test_the_lock_of_a_dead_process_on_this_host_does_not_block(tmp_path):
+  finished = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'],
+                            capture_output=True, text=True, check=True)
+  write_lock(tmp_path, pid=int(finished.stdout))
+  with WorkdirLock(tmp_path) as lock:
+    assert lock.taken_over['pid'] == int(finished.stdout)
+
+
+@pytest.mark.parametrize('heartbeat_age_s, taken', [(5, False), (3600, True)])
+def test_another_hosts_lock_is_stale_only_once_its_heartbeat_is_old(
+    tmp_path, heartbeat_age_s, taken):
+  lock = write_lock(tmp_path, host='another-host', pid=1)
+  os.utime(lock, (time.time() - heartbeat_age_s,) * 2)
+  if taken:
+    with WorkdirLock(tmp_path, stale_after_s=300) as ours:
+      assert ours.taken_over['host'] == 'another-host'
+  else:
+    with pytest.raises(WorkdirInUse, match='in use by pid 1 on host another-host'):
+      WorkdirLock(tmp_path, stale_after_s=300).acquire()
 
 
 # -------------------------------------------- other device and process counts
