@@ -6,13 +6,24 @@ their recipe needs. Key names follow the Flax examples where those exist.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import ml_collections
 
-from resnet_jax import imagenet, presets, preprocessing
+from resnet_jax import imagenet, metrics, presets, preprocessing
 from resnet_jax.presets import ConfigError
 
 LR_SCHEDULES = ('step', 'cosine', 'constant')
 PAD_MODES = ('mean', 'black', 'reflect')
+# The keys a resumed run may change (README, "Resuming"): its length, the optimiser values
+# that live in the train state (optim.py), and how often it logs, evaluates and saves,
+# how large its eval batches are, where the data cache is, and the benchmark's step counts.
+# Any other change makes a different experiment; a resume refuses it.
+RESUMABLE_KEYS = ('num_train_steps', 'num_epochs', 'learning_rate', 'weight_decay', 'momentum',
+                  'log_every_steps', 'eval_every_epochs', 'checkpoint_every_steps',
+                  'keep_checkpoints', 'eval_batch_size', 'dataset.cache_dir',
+                  'bench_warmup_steps', 'bench_steps')
 OPTIMIZERS = ('sgd',)
 FINETUNE_MODES = ('full', 'linear_probe', 'frozen_bn')
 
@@ -239,3 +250,42 @@ def _validate_data(config) -> None:
     raise ConfigError(f'{", ".join(misplaced)}: only for the streamed imagenet2012 pipeline '
                       '(ImageNet crops and colour statistics); leave the default for '
                       f'dataset.name={dataset.name!r}')
+
+
+# ----------------------------------------------------------------------------- records
+
+
+def _flat(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, Mapping):
+      flat.update(_flat(value, f'{prefix}{key}.'))
+    else:
+      flat[f'{prefix}{key}'] = value
+  return flat
+
+
+def differences(recorded: Mapping[str, Any], config) -> dict[str, tuple[Any, Any]]:
+  """{key: (recorded value, value now)} for each key of `config` that differs from a
+  run's record (`metrics.read_config_record`).
+
+  A key the record lacks was added to the code after the run started; the run used what
+  is now its default. Keys the code no longer has are not compared.
+  """
+  now = _flat(metrics.config_as_json(config))
+  then = _flat(recorded)
+  defaults = _flat(metrics.config_as_json(default_config()))
+  missing = object()
+  changed = {}
+  for key, value in now.items():
+    old = then.get(key, defaults.get(key, missing))
+    if old != value:
+      changed[key] = (None if old is missing else old, value)
+  return changed
+
+
+def describe_differences(changed: Mapping[str, tuple[Any, Any]], limit: int = 6) -> str:
+  """'model.shortcut 'A' -> 'none', seed 0 -> 1' (the first `limit`, then a count)."""
+  shown = [f'{key} {old!r} -> {new!r}' for key, (old, new) in list(changed.items())[:limit]]
+  more = f' and {len(changed) - limit} more' if len(changed) > limit else ''
+  return ', '.join(shown) + more

@@ -9,6 +9,14 @@
 * ``Progress`` prints one status line with throughput and an ETA taken from the
   recent step rate, so compilation and slow start-up do not distort it.
 
+The config record: ``config.json`` is written once, by the start that creates the run,
+and never overwritten; a resumed start that changes one of the keys a resume may change
+(config.RESUMABLE_KEYS) appends the change to ``config_changes.jsonl``.
+``read_config_record`` applies those changes to config.json: the config that produced the
+run's results. A resumed start also logs ``resumed_from_step``; ``read_metrics`` drops
+the records of the steps it trains again, so best-so-far values come from the trajectory
+that was kept.
+
 Non-finite values: NaN and +-Inf are written to ``metrics.jsonl`` as ``null``.
 Strict JSON has no NaN, and ``null`` loads as a missing value in any reader
 (pandas gives NaN), so a diverged loss shows as a gap instead of breaking the
@@ -31,6 +39,8 @@ import numpy as np
 
 METRICS_FILE = 'metrics.jsonl'
 CONFIG_FILE = 'config.json'
+CONFIG_CHANGES_FILE = 'config_changes.jsonl'
+RESUMED_KEY = 'resumed_from_step'
 TENSORBOARD_DIR = 'tensorboard'
 TENSORBOARD_FLUSH_SECS = 5
 _RESERVED_KEYS = ('step', 'time')
@@ -90,29 +100,41 @@ class MetricWriter:
       raise ValueError(f'Metric names {clashes} are reserved in metrics.jsonl.')
     step = int(step)
     values = {str(name): to_json_scalar(value) for name, value in metrics.items()}
-    record = {'step': step, 'time': time.time(), **values}
-    if self._jsonl is None:
-      # Append: a resumed run keeps everything the earlier runs logged. Opened
-      # late so the file exists only once there is something in it.
-      self._jsonl = open(
-          os.path.join(self.workdir, METRICS_FILE), 'a', encoding='utf-8')
-    self._jsonl.write(json.dumps(record, allow_nan=False) + '\n')
-    self._jsonl.flush()
+    self._append({'step': step, 'time': time.time(), **values})
     for name, value in metrics.items():
       # The raw value, so TensorBoard shows NaN/Inf rather than a gap.
       raw = np.asarray(value, dtype=np.float64).reshape(()).item()
       self._tensorboard.add_scalar(str(name), raw, global_step=step)
 
+  def mark_resumed(self, step: int) -> None:
+    """Logs that a start resumes at ``step`` (metrics.jsonl only; see read_metrics)."""
+    if self.enabled:
+      self._append({'step': int(step), 'time': time.time(), RESUMED_KEY: int(step)})
+
+  def _append(self, record: dict[str, Any]) -> None:
+    if self._jsonl is None:
+      # Append: a resumed run keeps everything the earlier runs logged. Opened
+      # late so the file exists only once there is something in it.
+      self._jsonl = _open_for_append(os.path.join(self.workdir, METRICS_FILE))
+    self._jsonl.write(json.dumps(record, allow_nan=False) + '\n')
+    self._jsonl.flush()
+
   def write_config(self, config: Any) -> None:
-    """Writes ``config`` (a ConfigDict or a plain mapping) to ``config.json``."""
-    if not self.enabled:
+    """Writes ``config`` (a ConfigDict or a plain mapping) to ``config.json``, once.
+
+    An existing config.json is kept: it records the config that started the run.
+    """
+    if self.enabled:
+      write_config_record(self.workdir, config)
+
+  def write_config_changes(self, step: int, changes: Mapping[str, tuple[Any, Any]]) -> None:
+    """Appends ``{key: (recorded, new)}``, changed by a start resuming at ``step``."""
+    if not self.enabled or not changes:
       return
-    if hasattr(config, 'to_json_best_effort'):  # ml_collections.ConfigDict
-      text = config.to_json_best_effort(indent=2, sort_keys=True)
-    else:
-      text = json.dumps(dict(config), indent=2, sort_keys=True, default=repr)
-    with open(os.path.join(self.workdir, CONFIG_FILE), 'w', encoding='utf-8') as f:
-      f.write(text + '\n')
+    record = {'step': int(step), 'time': time.time(),
+              'changes': {key: {'from': old, 'to': new} for key, (old, new) in changes.items()}}
+    with _open_for_append(os.path.join(self.workdir, CONFIG_CHANGES_FILE)) as f:
+      f.write(json.dumps(record, default=repr) + '\n')
 
   def close(self) -> None:
     self._closed = True
@@ -128,6 +150,92 @@ class MetricWriter:
 
   def __exit__(self, *exc_info) -> None:
     self.close()
+
+
+def _open_for_append(path: str) -> TextIO:
+  """Opens ``path`` to append lines; ends a line torn by a crash or full disk first, so
+  the next record starts on a line of its own."""
+  torn = False
+  if os.path.exists(path) and os.path.getsize(path) > 0:
+    with open(path, 'rb') as existing:
+      existing.seek(-1, os.SEEK_END)
+      torn = existing.read(1) != b'\n'
+  file = open(path, 'a', encoding='utf-8')
+  if torn:
+    file.write('\n')
+  return file
+
+
+def config_as_json(config: Any) -> dict[str, Any]:
+  """A ConfigDict or mapping as JSON data (tuples become lists), as config.json holds it."""
+  if hasattr(config, 'to_json_best_effort'):  # ml_collections.ConfigDict
+    return json.loads(config.to_json_best_effort(sort_keys=True))
+  return json.loads(json.dumps(dict(config), sort_keys=True, default=repr))
+
+
+def write_config_record(workdir: os.PathLike | str, config: Any) -> bool:
+  """Writes ``<workdir>/config.json`` unless it exists; returns whether it did."""
+  path = os.path.join(os.fspath(workdir), CONFIG_FILE)
+  if os.path.exists(path):
+    return False
+  text = json.dumps(config_as_json(config), indent=2, sort_keys=True)
+  tmp = f'{path}.tmp'
+  with open(tmp, 'w', encoding='utf-8') as f:
+    f.write(text + '\n')
+  os.replace(tmp, path)
+  return True
+
+
+def read_config_record(workdir: os.PathLike | str) -> dict[str, Any] | None:
+  """The config that produced a run: config.json with every recorded change applied.
+
+  None when the workdir holds no config.json.
+  """
+  workdir = os.fspath(workdir)
+  try:
+    with open(os.path.join(workdir, CONFIG_FILE), encoding='utf-8') as f:
+      record = json.load(f)
+  except FileNotFoundError:
+    return None
+  for line in _json_lines(os.path.join(workdir, CONFIG_CHANGES_FILE)):
+    for key, change in line.get('changes', {}).items():
+      *parents, leaf = key.split('.')
+      node = record
+      for parent in parents:
+        node = node.setdefault(parent, {})
+      node[leaf] = change['to']
+  return record
+
+
+def read_metrics(workdir: os.PathLike | str) -> list[dict[str, Any]]:
+  """The records of ``metrics.jsonl`` on the trajectory that was kept.
+
+  A resumed start logs ``resumed_from_step``; the records of later steps logged before
+  it (by a segment that was killed, or that diverged and was set aside) are dropped. A
+  line torn by a crash is skipped.
+  """
+  kept: list[dict[str, Any]] = []
+  for record in _json_lines(os.path.join(os.fspath(workdir), METRICS_FILE)):
+    if RESUMED_KEY in record:
+      kept = [r for r in kept if r['step'] <= record[RESUMED_KEY]]
+    else:
+      kept.append(record)
+  return kept
+
+
+def _json_lines(path: str) -> list[dict[str, Any]]:
+  try:
+    with open(path, encoding='utf-8') as lines:
+      text = lines.read()
+  except FileNotFoundError:
+    return []
+  records = []
+  for line in text.splitlines():
+    try:
+      records.append(json.loads(line))
+    except ValueError:
+      continue  # torn by a crash or a full disk
+  return records
 
 
 def format_duration(seconds: float | None) -> str:

@@ -20,7 +20,6 @@ Errors are shown in percent, as in the papers' tables.
 from __future__ import annotations
 
 import csv
-import json
 import math
 from pathlib import Path
 from typing import Any, Sequence
@@ -48,20 +47,13 @@ def pyplot():
 
 
 def load_metrics(run_dir) -> list[dict[str, Any]]:
-  """The records of `run_dir/metrics.jsonl`, one per (step, kind) where kind is train or
-  eval. A resumed run logs the steps after its last checkpoint twice; the later wins."""
-  path = Path(run_dir) / metrics.METRICS_FILE
-  if not path.exists():
-    return []
+  """The records of `run_dir/metrics.jsonl` on the trajectory that was kept
+  (`metrics.read_metrics`: a resumed run logs the steps after its last checkpoint
+  again), one per (step, kind) where kind is train or eval."""
   by_key: dict[tuple[int, str], dict] = {}
-  with open(path, encoding='utf-8') as lines:
-    for line in lines:
-      line = line.strip()
-      if not line:
-        continue
-      record = json.loads(line)
-      kind = 'eval' if any(key.startswith('eval/') for key in record) else 'train'
-      by_key[(record['step'], kind)] = record
+  for record in metrics.read_metrics(run_dir):
+    kind = 'eval' if any(key.startswith('eval/') for key in record) else 'train'
+    by_key[(record['step'], kind)] = record
   return [by_key[key] for key in sorted(by_key)]
 
 

@@ -79,9 +79,12 @@ def test_an_unknown_experiment_argument_is_one_clear_line():
 
 
 def fake_results(runs, rng):
-  """results.json and metrics.jsonl as a finished run writes them, with made-up numbers."""
+  """results.json, metrics.jsonl and config.json as a finished run writes them, with
+  made-up numbers."""
+  from resnet_jax import metrics
   for run in runs:
     run.workdir.mkdir(parents=True)
+    metrics.write_config_record(run.workdir, run.config)
     error = float(rng.uniform(0.05, 0.5))
     (run.workdir / 'results.json').write_text(json.dumps({
         'model': presets.model_name(run.config.model), 'step': 100, 'test_error': error,
