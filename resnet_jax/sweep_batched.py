@@ -173,8 +173,13 @@ class _GroupTraining:
       return [sweep.run_single(run) for run in runs]
 
     writers = [metrics.MetricWriter(run.workdir) for run in runs]
+    step = int(jax.device_get(states[0].step))
     for writer, run in zip(writers, runs):
       writer.write_config(run.config)
+      if step:
+        writer.mark_resumed(step)
+    # Saves only states whose measured values are all finite (train.DivergenceGuard).
+    guards = [train.DivergenceGuard(ckpt, last_saved=step or None) for ckpt in checkpointers]
     group = len(runs)
     stacked = jax.jit(_stack, out_shardings=self.replicated)(states)
     del states
@@ -190,7 +195,6 @@ class _GroupTraining:
     preemption = train.PreemptionFlag()
     progress = metrics.Progress(self.total_steps, config.batch_size * group, self.steps_per_epoch)
 
-    step = int(jax.device_get(stacked.step)[0])
     alive = [True] * group
     start_time = time.time()
     clock = train.TrainClock(config.batch_size)
@@ -205,21 +209,17 @@ class _GroupTraining:
       pipeline = self.pipelines[self.dataset_of[r]]
       return state, train.evaluate(eval_step_of[r], state, pipeline, self.num_classes)
 
-    def check_finite(step_metrics):
-      for r in range(group):
-        loss = step_metrics[r]['loss']
-        if alive[r] and not np.isfinite(loss):
+    def check_finite(measured: dict[int, dict], prefix='train/'):
+      for r, values in measured.items():
+        bad = train.DivergenceGuard.non_finite(train.with_prefix(prefix, values))
+        if alive[r] and bad:
           alive[r] = False
-          last = checkpointers[r].latest_step
-          error = train.TrainingDiverged(
-              f'training loss is {loss} by step {step}; stopped without saving, '
-              + (f'the last good checkpoint (step {last}) is kept' if last is not None
-                 else 'no checkpoint was written')
-              + '. Lower learning_rate, add warmup_epochs or set grad_clip_norm.')
+          error = guards[r].diverged(step, bad)
           sweep.record_divergence(runs[r], error)
           print(f'  {runs[r].name}: diverged ({error})', flush=True)
           outcomes[r] = {'diverged': True}
 
+    preemption.arm()
     try:
       while step < self.total_steps and any(alive):
         stacked, step_metrics = train_step(stacked, train_arrays, self._batch(step), means, stds)
@@ -232,7 +232,7 @@ class _GroupTraining:
         if step % config.log_every_steps == 0 or is_last or stopping:
           per_run = _mean_per_run(pending, group)
           pending = []
-          check_finite(per_run)
+          check_finite(dict(enumerate(per_run)))
           img_per_s = clock.interval_img_per_s(step)
           for r in range(group):
             if alive[r]:
@@ -244,23 +244,26 @@ class _GroupTraining:
                           lr=per_run[0]['lr'], img_per_s=img_per_s * group)
         is_eval = step % self.eval_every == 0 or is_last
         if pending and (is_eval or step % config.checkpoint_every_steps == 0):
-          check_finite(_mean_per_run(pending, group))  # never save a diverged state
+          # never save a diverged state
+          check_finite(dict(enumerate(_mean_per_run(pending, group))))
         if is_eval:
           with clock.paused(step):
             evaluated = {r: evaluate_run(r) for r in range(group) if alive[r]}
+          check_finite({r: measured for r, (_, measured) in evaluated.items()}, prefix='')
           for r, (state, eval_metrics[r]) in evaluated.items():
-            writers[r].write(step, {**eval_metrics[r], 'epoch': step / self.steps_per_epoch})
-            checkpointers[r].save(step, state, metrics=eval_metrics[r], force=is_last or stopping)
+            if alive[r]:
+              writers[r].write(step, {**eval_metrics[r], 'epoch': step / self.steps_per_epoch})
+              guards[r].save(step, state, metrics=eval_metrics[r], force=is_last or stopping)
         elif step % config.checkpoint_every_steps == 0 or stopping:
           for r in range(group):
             if alive[r]:
-              checkpointers[r].save(step, unstack(stacked, jnp.int32(r)), force=stopping)
+              guards[r].save(step, unstack(stacked, jnp.int32(r)), force=stopping)
         if stopping and not is_last:
           for ckpt in checkpointers:
             ckpt.wait()
-          print(f'SIGTERM: saved checkpoints at step {step}; rerun the same command to resume.',
-                flush=True)
-          return [{'step': step, 'preempted': True}] * group
+          print(f'{preemption.requested or "SIGTERM"}: saved checkpoints at step {step}; rerun '
+                'the same command to resume.', flush=True)
+          return [{'step': step, 'preempted': True, 'signal': preemption.requested}] * group
     finally:
       preemption.restore()
       progress.close()

@@ -3,6 +3,12 @@
 Read top to bottom: the train state, the per-device train and eval steps (pmap style,
 run by `jax.shard_map` inside `jax.jit` over the 'data' mesh), then the loop with its
 evaluation, metrics, checkpoints, resume and preemption handling.
+
+What makes a run's record trustworthy: one process per workdir (`checkpoint.WorkdirLock`);
+a resume refuses a config that differs from the run's record outside
+`config.RESUMABLE_KEYS`, before it writes anything; a state is saved only when
+everything measured since the previous save is finite (`DivergenceGuard`); SIGTERM and
+a first Ctrl-C save and exit, also in the middle of an evaluation.
 """
 
 from __future__ import annotations
@@ -10,14 +16,17 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import os
 import signal
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import flax
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 from absl import logging
@@ -25,13 +34,18 @@ from jax import lax
 from jax.sharding import PartitionSpec as P
 
 from resnet_jax import augment, checkpoint, datasets, input_pipeline, metrics, optim, parallel
+from resnet_jax import config as config_lib
 from resnet_jax import models, presets
 from resnet_jax.parallel import DATA_AXIS
 from resnet_jax.presets import ConfigError
 
 
-class TrainingDiverged(RuntimeError):
-  """The loss became NaN or Inf; the last good checkpoint is left untouched."""
+class TrainingDiverged(checkpoint.RunError):
+  """A measured value became NaN or Inf; the last good checkpoint is left untouched."""
+
+
+class ConfigChanged(checkpoint.RunError):
+  """A resume whose config differs from the run's record in a key that may not change."""
 
 
 @flax.struct.dataclass
@@ -187,16 +201,27 @@ def mean_over_crops(logits, crops: int):
   return logits.astype(jnp.float32).reshape(-1, crops, logits.shape[-1]).mean(axis=1)
 
 
-def evaluate(eval_step, state, pipeline, num_classes: int) -> dict[str, float]:
+def evaluate(eval_step, state, pipeline, num_classes: int,
+             should_stop=None) -> dict[str, float] | None:
   """Top-1 (and top-5 above 10 classes) accuracy and loss over the whole test split
   ('eval/...') and, when dataset.validation_examples holds some out, over those
-  ('val/...')."""
+  ('val/...').
+
+  None if `should_stop()` turns true before a batch: a preempted job's grace period
+  (30-60 s) can be shorter than an evaluation. At most two batches are in flight, so a
+  stop waits for one batch, not for the rest of the split.
+  """
   results = {}
   for prefix, arrays, batches in pipeline.eval_splits():
-    totals = None
+    totals = previous = None
     for batch in batches:
+      if should_stop is not None and should_stop():
+        return None
       sums = eval_step(state, arrays, batch)
       totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+      if previous is not None:
+        jax.block_until_ready(previous)
+      previous = totals
     totals = jax.device_get(totals)
     count = float(totals['count'])
     results[f'{prefix}/accuracy'] = float(totals['correct']) / count
@@ -244,30 +269,82 @@ def _head_only_mask(model, image_size: int):
 
 
 def load_pretrained(state: TrainState, config, mesh) -> TrainState:
-  """Starts from converted weights (`python -m resnet_jax.convert`); a new head if needed.
+  """Starts from `config.init_from`: converted torchvision weights or a run of this project.
 
   The backbone's params and BN statistics are copied; the head is kept from the fresh
-  initialisation when the class count differs from the pretrained one.
+  initialisation when the class count differs from the pretrained one (e.g. a CIFAR-10
+  run fine-tuned on CIFAR-100).
   """
-  from resnet_jax import convert
-  try:
-    source_model, source_classes, variables = convert.load_converted(config.init_from)
-  except (FileNotFoundError, convert.ConversionError) as error:
-    raise ConfigError(f'init_from={config.init_from!r}: {error}; make one with '
-                      'python -m resnet_jax.convert') from None
+  source_model, variables = pretrained_variables(config.init_from)
   same = lambda model_config: presets.architecture(presets.unrolled(model_config))
   if same(source_model) != same(config.model):
     raise ConfigError(f'init_from holds a {presets.model_name(source_model)} but the config '
                       f'builds a {presets.model_name(config.model)}; set config.model to match')
-  if config.model.scan_blocks and not source_model.get('scan_blocks', False):
+  source_scanned = source_model.get('scan_blocks', False)
+  if config.model.scan_blocks and not source_scanned:
     variables = {name: models.stack_repeated_blocks(collection)
                  for name, collection in variables.items()}
+  elif source_scanned and not config.model.scan_blocks:
+    raise ConfigError('init_from holds a model trained with scan_blocks=True; set '
+                      '--config.model.scan_blocks=true to start from it')
   params = dict(variables['params'])
   if params['head']['kernel'].shape != state.params['head']['kernel'].shape:
     params['head'] = jax.device_get(state.params['head'])  # new classes: fresh head
   placed = parallel.put({'params': params, 'batch_stats': variables['batch_stats']},
                         parallel.replicated(mesh))
   return state.replace(params=placed['params'], batch_stats=placed['batch_stats'])
+
+
+def pretrained_variables(init_from: str):
+  """(model config, {'params', 'batch_stats'} as host arrays) of `init_from`.
+
+  It is a converted checkpoint (`python -m resnet_jax.convert`, with model.json), or a
+  trained run: its workdir, its checkpoints folder, or one step folder in it (else the
+  newest step). A damaged or truncated one is a one-line ConfigError.
+  """
+  from resnet_jax import convert
+  path = Path(init_from)
+  try:
+    if (path / convert.METADATA_FILE).is_file():
+      source_model, _, variables = convert.load_converted(path)
+      return source_model, variables
+    found = _trained_checkpoint(path)
+    if found is None:
+      raise ConfigError(
+          f'init_from={init_from!r} is neither a converted checkpoint (make one with python '
+          '-m resnet_jax.convert) nor a trained run (its workdir or checkpoints folder)')
+    run_dir, step_dir = found
+    record = metrics.read_config_record(run_dir)
+    if record is None:
+      raise ConfigError(f'init_from={init_from!r}: {run_dir} has no {metrics.CONFIG_FILE}, so '
+                        'its model is unknown')
+    import orbax.checkpoint as ocp
+    host = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    with ocp.StandardCheckpointer() as reader:
+      stored = reader.metadata(step_dir / checkpoint.STATE_ITEM)
+      stored = getattr(stored, 'item_metadata', stored)
+      target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=host),
+                            stored)
+      restored = reader.restore(step_dir / checkpoint.STATE_ITEM, target)
+    variables = {name: jax.tree.map(np.asarray, restored[name])
+                 for name in ('params', 'batch_stats')}
+    return ml_collections.ConfigDict(record['model']), variables
+  except ConfigError:
+    raise
+  except Exception as error:  # damage shows up as many exception types
+    raise ConfigError(f'init_from={init_from!r} cannot be read ({checkpoint.one_line(error)}); '
+                      'convert or train it again') from None
+
+
+def _trained_checkpoint(path: Path) -> tuple[Path, Path] | None:
+  """(run workdir, step folder) for a workdir, its checkpoints folder or a step in it."""
+  if path.name.isdigit() and (path / checkpoint.STATE_ITEM).is_dir():
+    return path.parent.parent, path
+  folder = path / 'checkpoints' if (path / 'checkpoints').is_dir() else path
+  steps = [int(p.name) for p in folder.iterdir() if p.name.isdigit()] if folder.is_dir() else []
+  if not steps:
+    return None
+  return folder.parent, folder / str(max(steps))
 
 
 def _hyperparams_from_config(state: TrainState, config, is_main: bool) -> TrainState:
@@ -291,25 +368,97 @@ def _hyperparams_from_config(state: TrainState, config, is_main: bool) -> TrainS
 
 
 class PreemptionFlag:
-  """Set by SIGTERM (cluster preemption); the loop saves a checkpoint and exits cleanly."""
+  """SIGTERM (cluster preemption) or a first Ctrl-C: the loop saves a checkpoint and exits.
+
+  A first Ctrl-C restores SIGINT's default action, so a second one ends the process at
+  once, even inside a long computation (steps since the last checkpoint are lost). Until
+  `arm()` (training has not started, there is nothing to save) Ctrl-C raises
+  KeyboardInterrupt as usual. A SIGINT ignored by the parent (`nohup`, a background job)
+  stays ignored.
+  """
+
+  SIGNALS = {signal.SIGTERM: 'SIGTERM', signal.SIGINT: 'Ctrl-C'}
 
   def __init__(self):
-    self.requested = False
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    self.requested: str | None = None  # what asked to stop, once something did
+    self.armed = False
+    self._previous = {}
+    for signum in self.SIGNALS:
+      if signal.getsignal(signum) is not signal.SIG_IGN:
+        self._previous[signum] = signal.signal(signum, self._handle)
+
+  def arm(self) -> None:
+    self.armed = True
 
   def _handle(self, signum, frame):
-    del signum, frame
-    self.requested = True
+    del frame
+    if signum == signal.SIGINT:
+      if not self.armed:
+        raise KeyboardInterrupt
+      signal.signal(signal.SIGINT, signal.SIG_DFL)
+      # os.write, not print: the handler may interrupt a print to the same stream.
+      os.write(2, b'\nCtrl-C: saving a checkpoint, then exiting; press Ctrl-C again to exit '
+                  b'at once (losing the steps since the last checkpoint)\n')
+    self.requested = self.requested or self.SIGNALS[signum]
 
   def restore(self):
-    signal.signal(signal.SIGTERM, self._previous)
+    for signum, previous in self._previous.items():
+      signal.signal(signum, previous)
 
   def agreed(self) -> bool:
     """All processes must stop at the same step, or the collectives would hang."""
     if jax.process_count() == 1:
-      return self.requested
+      return self.requested is not None
     from jax.experimental import multihost_utils
-    return bool(np.any(multihost_utils.process_allgather(np.array(self.requested))))
+    return bool(np.any(multihost_utils.process_allgather(np.array(self.requested is not None))))
+
+
+WATCHED_METRICS = ('train/loss', 'train/grad_norm', 'eval/loss', 'val/loss')
+
+
+class DivergenceGuard:
+  """Saves a state only if everything measured since the previous save is finite.
+
+  Measured: the training loss and gradient norm of every step (a mean over a log interval
+  is finite only if each step's value is) and the eval loss. A checkpoint becomes the last
+  good one once training went on from it to the next save with all of these finite;
+  retention never deletes that one (`Checkpointer.mark_good`). When a value is not
+  finite, the checkpoints after the last good one are moved aside, so that a rerun, with
+  a lower learning rate say, resumes from a state that really is good.
+  """
+
+  def __init__(self, ckpt: checkpoint.Checkpointer, last_saved: int | None):
+    self.ckpt = ckpt
+    self.last_saved = last_saved
+
+  @staticmethod
+  def non_finite(measured: Mapping[str, float]) -> str:
+    """'train/grad_norm inf' for each watched value that is not finite; '' if none."""
+    return ', '.join(f'{name} {value}' for name, value in measured.items()
+                     if name in WATCHED_METRICS and not np.isfinite(value))
+
+  def check(self, step: int, measured: Mapping[str, float]) -> None:
+    """Raises TrainingDiverged if a watched value of `measured` is not finite."""
+    if bad := self.non_finite(measured):
+      raise self.diverged(step, bad)
+
+  def save(self, step: int, state, *, metrics=None, force: bool = False) -> None:
+    """Saves `state`; the caller has `check`ed everything measured since the last save."""
+    if self.last_saved is not None and self.last_saved != step:
+      self.ckpt.mark_good(self.last_saved)
+    self.ckpt.save(step, state, metrics=metrics, force=force)
+    self.last_saved = step
+
+  def diverged(self, step: int, what: str) -> TrainingDiverged:
+    good = self.ckpt.last_good_step
+    moved = self.ckpt.move_aside_after(good, 'diverged')
+    kept = (f'the last good checkpoint is step {good}, where a rerun resumes' if good is not None
+            else 'no checkpoint is known good, so a rerun starts from scratch')
+    aside = (f' (later steps {", ".join(map(str, moved))} moved aside to <step>.diverged-*)'
+             if moved else '')
+    return TrainingDiverged(
+        f'{what} by step {step}: training diverged; {kept}{aside}. Lower learning_rate, add '
+        'warmup_epochs or set grad_clip_norm.')
 
 
 def _make_pipeline(config, mesh):
@@ -339,29 +488,144 @@ def _mean_metrics(pending: list[dict]) -> dict[str, float]:
   return {key: float(np.mean([m[key] for m in fetched])) for key in fetched[0]}
 
 
-def _check_finite(train_metrics: dict[str, float], step: int, ckpt) -> None:
-  if not np.isfinite(train_metrics['loss']):
-    last = ckpt.latest_step
-    kept = f'the last good checkpoint (step {last}) is kept' if last is not None else \
-        'no checkpoint was written'
-    raise TrainingDiverged(
-        f'training loss is {train_metrics["loss"]} by step {step}; stopped without saving, '
-        f'{kept}. Lower learning_rate, add warmup_epochs or set grad_clip_norm.')
+def with_prefix(prefix: str, values: Mapping[str, float]) -> dict[str, float]:
+  return {f'{prefix}{key}': value for key, value in values.items()}
+
+
+# ----------------------------------------------------------------------------- start checks
+
+
+def _prepare_workdir(workdir) -> Path:
+  """The workdir, created; a file or an unwritable path is a one-line WorkdirError."""
+  workdir = Path(workdir)
+  if workdir.exists() and not workdir.is_dir():
+    raise checkpoint.WorkdirError(f'--workdir {workdir} is a file; give a folder')
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+  except OSError as error:
+    raise checkpoint.WorkdirError(f'cannot create --workdir {workdir} ({error.strerror}); give '
+                                  'a writable folder') from None
+  return workdir
+
+
+def _has_outputs(workdir: Path) -> bool:
+  """Whether a start trained anything here: checkpoints, metrics or results."""
+  checkpoints = workdir / 'checkpoints'
+  return ((workdir / metrics.METRICS_FILE).exists() or (workdir / 'results.json').exists() or
+          (checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir())))
+
+
+def _check_config_record(config, workdir: Path) -> dict | None:
+  """The changes of resumable keys a resume makes; None for a run that starts here.
+
+  Raises ConfigChanged, before anything is written, if the config differs from the run's
+  record (config.json, with the changes earlier resumes made) in any other key: a
+  different model, data or recipe would continue another network, or report its results
+  as "already complete".
+  """
+  recorded = metrics.read_config_record(workdir)
+  if recorded is None or not _has_outputs(workdir):
+    return None
+  changed = config_lib.differences(recorded, config)
+  refused = {key: change for key, change in changed.items()
+             if key not in config_lib.RESUMABLE_KEYS}
+  if refused:
+    from resnet_jax import sweep
+    fresh = f'{workdir}_{sweep.point_name({key: new for key, (_, new) in refused.items()})}'
+    raise ConfigChanged(
+        f'{workdir} holds a run of another config: {config_lib.describe_differences(refused)}; '
+        'a resume may change only the run length, learning_rate, weight_decay, momentum and '
+        f'the logging, eval and checkpoint cadence; use a fresh workdir (--workdir={fresh}) or '
+        'drop these changes to resume')
+  return changed
+
+
+def _start_record(writer: metrics.MetricWriter, workdir: Path, config, step: int,
+                  changes: dict | None, resumed: bool) -> None:
+  """config.json for a run that starts here; otherwise the resume's changes and step."""
+  if changes is None:  # a record left by a start that trained nothing is replaced
+    for name in (metrics.CONFIG_FILE, metrics.CONFIG_CHANGES_FILE):
+      if writer.enabled:
+        (workdir / name).unlink(missing_ok=True)
+    writer.write_config(config)
+  else:
+    writer.write_config_changes(step, changes)
+  if resumed or changes is not None:
+    writer.mark_resumed(step)
+
+
+def _out_of_memory(error: BaseException) -> bool:
+  return isinstance(error, jax.errors.JaxRuntimeError) and 'RESOURCE_EXHAUSTED' in str(error)
+
+
+def _check_eval_fits(eval_step, state, pipeline, config) -> None:
+  """Runs the eval step on one batch before training: an eval_batch_size that does not
+  fit in device memory stops the run now, not after its first epoch, unsaved."""
+  batches = pipeline.eval_batches()
+  try:
+    jax.block_until_ready(eval_step(state, pipeline.test_arrays, next(batches)))
+  except Exception as error:  # pylint: disable=broad-except
+    if not _out_of_memory(error):
+      raise
+    raise ConfigError(f'eval_batch_size={config.eval_batch_size} does not fit in device memory '
+                      f'({str(error).splitlines()[0][:160]}); lower eval_batch_size') from None
+  finally:
+    batches.close()
+
+
+def _newest_step(workdir: Path) -> int | None:
+  checkpoints = workdir / 'checkpoints'
+  steps = [int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()] \
+      if checkpoints.is_dir() else []
+  return max(steps, default=None)
+
+
+def _one_line_failure(error: Exception, workdir: Path) -> Exception | None:
+  """A full disk or device memory as a one-line error naming the fix; None otherwise."""
+  newest = _newest_step(workdir)
+  resume = (f'a rerun resumes from checkpoint step {newest}' if newest is not None
+            else 'no checkpoint was written')
+  if (full := checkpoint.disk_full(error)) is not None:
+    return checkpoint.WorkdirError(
+        f'no space left on device writing {full.filename or workdir} ({full.strerror}); free '
+        f'space and rerun the same command: {resume}, the newest complete one')
+  if _out_of_memory(error):
+    fix = ('lower batch_size or set half_precision=True' if newest is None else
+           'a resume cannot change batch_size or half_precision: use a device with more memory, '
+           f'or a fresh workdir ({resume})')
+    return ConfigError(f'out of device memory ({str(error).splitlines()[0][:160]}); {fix}')
+  return None
+
+
+# ----------------------------------------------------------------------------- the run
 
 
 def train_and_evaluate(config, workdir) -> dict[str, Any]:
-  """Trains and evaluates; resumes from the newest good checkpoint in `workdir`."""
-  workdir = Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
+  """Trains and evaluates; resumes from the newest good checkpoint in `workdir`.
+
+  Returns the results (results.json), or {'step', 'preempted', 'signal'} when SIGTERM or
+  Ctrl-C stopped it after a save.
+  """
+  workdir = _prepare_workdir(workdir)
   preemption = PreemptionFlag()  # first, so a SIGTERM during start-up is not lost
   try:
-    return _train_and_evaluate(config, workdir, preemption)
+    with checkpoint.WorkdirLock(workdir) as lock:
+      if lock.taken_over and jax.process_index() == 0:
+        print(f'Took over the lock of pid {lock.taken_over.get("pid")} on host '
+              f'{lock.taken_over.get("host")}, which no longer runs', flush=True)
+      return _train_and_evaluate(config, workdir, preemption)
+  except Exception as error:  # pylint: disable=broad-except
+    failure = _one_line_failure(error, workdir)
+    if failure is None:
+      raise
+    raise failure from None
   finally:
     preemption.restore()
 
 
 def _train_and_evaluate(config, workdir: Path, preemption: PreemptionFlag) -> dict[str, Any]:
   is_main = jax.process_index() == 0
+  changes = _check_config_record(config, workdir)
   mesh = parallel.data_mesh()
   parallel.check_divisible(config.batch_size, 'batch_size', mesh)
 
@@ -385,44 +649,59 @@ def _train_and_evaluate(config, workdir: Path, preemption: PreemptionFlag) -> di
 
   ckpt = checkpoint.Checkpointer(workdir / 'checkpoints', max_to_keep=config.keep_checkpoints,
                                  best_metric=best_checkpoint_metric(config), best_mode='max')
-  restored = ckpt.restore_latest(abstract_state(state, mesh))
-  if restored is not None:
-    state = restored[1]
-    logging.info('resumed at step %d', restored[0])
-    if is_main:
-      print(f'Resuming from checkpoint at step {restored[0]} (epoch '
-            f'{restored[0] / steps_per_epoch:.2f}) in {workdir}', flush=True)
-    state = _hyperparams_from_config(state, config, is_main)
-  elif config.init_from:
-    state = load_pretrained(state, config, mesh)
-    if is_main:
-      print(f'Initialised from {config.init_from} ({config.finetune_mode} fine-tuning)',
-            flush=True)
+  try:
+    state, restored_step = _restore_or_initialise(ckpt, state, config, mesh, workdir,
+                                                  steps_per_epoch)
+    step = int(jax.device_get(state.step))
+    if step > total_steps:
+      raise ConfigChanged(f'{workdir} holds a run trained to step {step}, past this config\'s '
+                          f'{total_steps} steps; use a fresh workdir for a shorter run')
+    results_file = workdir / 'results.json'
+    if step == total_steps and results_file.exists():
+      ckpt.close()
+      if is_main:
+        print(f'already complete at step {step}: {results_file}', flush=True)
+      return json.loads(results_file.read_text())
+    in_state = optim.hyperparams(state.opt_state)  # _hyperparams_from_config names those
+    other_changes = {key: change for key, change in (changes or {}).items()
+                     if key not in in_state}
+    if is_main and other_changes:
+      print('Resuming with ' + config_lib.describe_differences(other_changes), flush=True)
+  except BaseException:
+    ckpt.close()
+    raise
 
-  writer = metrics.MetricWriter(workdir, enabled=is_main)
-  writer.write_config(config)
-  progress = metrics.Progress(total_steps, config.batch_size, steps_per_epoch, enabled=is_main)
   bn_and_dropout_train = config.finetune_mode == 'full'  # frozen BN: running statistics
   train_step = make_train_step(make_local_train_step(
       model, tx, multiplier, config, mean, std, num_classes, bn_and_dropout_train), mesh)
   eval_step = make_eval_step(model, config, mesh, mean, std, num_classes)
-
-  step = int(jax.device_get(state.step))
-  results_file = workdir / 'results.json'
-  if step >= total_steps and results_file.exists():
+  try:
+    _check_eval_fits(eval_step, state, pipeline, config)
+  except BaseException:
     ckpt.close()
-    results = json.loads(results_file.read_text())
+    raise
+  if preemption.agreed():  # a signal during start-up: nothing trained, nothing to save
+    ckpt.close()
     if is_main:
-      print(f'already complete at step {step}: {results_file}', flush=True)
-    return results
+      print(f'{preemption.requested or "SIGTERM"} before the first step: nothing to save; rerun '
+            'the same command to start.', flush=True)
+    return {'step': step, 'preempted': True, 'signal': preemption.requested}
+
+  writer = metrics.MetricWriter(workdir, enabled=is_main)
+  _start_record(writer, workdir, config, step, changes, resumed=restored_step is not None)
+  progress = metrics.Progress(total_steps, config.batch_size, steps_per_epoch, enabled=is_main)
+  guard = DivergenceGuard(ckpt, last_saved=restored_step)
   start_time = time.time()
   clock = TrainClock(config.batch_size)
   pending: list[dict] = []
   train_metrics: dict[str, float] = {}
   eval_metrics: dict[str, float] = {}
+  preemption.arm()
+  stopping = False
   try:
-    while step < total_steps:
+    while step < total_steps and not stopping:
       state, step_metrics = train_step(state, pipeline.train_arrays, pipeline.train_batch(step))
+      _bound_in_flight(pending)
       pending.append(step_metrics)
       step += 1
       clock.after_step(step, state)
@@ -432,27 +711,33 @@ def _train_and_evaluate(config, workdir: Path, preemption: PreemptionFlag) -> di
       if step % config.log_every_steps == 0 or is_last or stopping:
         train_metrics = _mean_metrics(pending)
         pending = []
-        _check_finite(train_metrics, step, ckpt)
+        guard.check(step, with_prefix('train/', train_metrics))
         img_per_s = clock.interval_img_per_s(step)
-        writer.write(step, {**{f'train/{k}': v for k, v in train_metrics.items()},
+        writer.write(step, {**with_prefix('train/', train_metrics),
                             'throughput/img_per_s': img_per_s, 'epoch': step / steps_per_epoch})
         progress.update(step, loss=train_metrics['loss'], lr=train_metrics['lr'],
                         img_per_s=img_per_s)
-      if pending and (step % eval_every == 0 or step % config.checkpoint_every_steps == 0):
-        _check_finite(_mean_metrics(pending), step, ckpt)  # never save a diverged state
-      if step % eval_every == 0 or is_last:
+      is_eval = step % eval_every == 0 or is_last
+      if pending and (is_eval or step % config.checkpoint_every_steps == 0):
+        # never save a diverged state
+        guard.check(step, with_prefix('train/', _mean_metrics(pending)))
+      evaluated = None
+      if is_eval and not stopping:
         with clock.paused(step):
-          eval_metrics = evaluate(eval_step, state, pipeline, num_classes)
-        writer.write(step, {**eval_metrics, 'epoch': step / steps_per_epoch})
-        ckpt.save(step, state, metrics=eval_metrics, force=is_last or stopping)
-      elif step % config.checkpoint_every_steps == 0 or stopping:
-        ckpt.save(step, state, force=stopping)
-      if stopping and not is_last:
+          evaluated = evaluate(eval_step, state, pipeline, num_classes, preemption.agreed)
+        stopping = evaluated is None
+        if evaluated is not None:
+          guard.check(step, evaluated)
+          eval_metrics = evaluated
+          writer.write(step, {**eval_metrics, 'epoch': step / steps_per_epoch})
+      if evaluated is not None or step % config.checkpoint_every_steps == 0 or stopping:
+        guard.save(step, state, metrics=evaluated, force=is_last or stopping)
+      if stopping:
         ckpt.wait()
         if is_main:
-          print(f'SIGTERM: saved checkpoint at step {step}; rerun the same command to resume.',
-                flush=True)
-        return {'step': step, 'preempted': True}
+          print(f'{preemption.requested or "SIGTERM"}: saved checkpoint at step {step}; rerun '
+                'the same command to resume.', flush=True)
+        return {'step': step, 'preempted': True, 'signal': preemption.requested}
   finally:
     progress.close()
     ckpt.close()
@@ -463,14 +748,43 @@ def _train_and_evaluate(config, workdir: Path, preemption: PreemptionFlag) -> di
   if not is_main:
     return {'step': step}
   results = final_results(config, step, eval_metrics, train_metrics, workdir,
-                           time.time() - start_time, clock)
-  results_file.write_text(json.dumps(results, indent=2) + '\n')
+                          time.time() - start_time, clock)
+  tmp = results_file.with_suffix('.tmp')
+  tmp.write_text(json.dumps(results, indent=2) + '\n')
+  tmp.replace(results_file)
   print(f'done: {results["model"]} | step {step}/{total_steps} | test accuracy '
         f'{results["test_accuracy"]:.2%} (best {results["best_test_accuracy"]:.2%}) | '
         f'train loss {results["train_loss"]:.4f} | {metrics.format_duration(results["wall_s"])} '
         f'| {results["img_per_s"]:,.0f} img/s (compile {results["compile_s"]:.1f} s) | '
         f'{workdir}', flush=True)
   return results
+
+
+def _restore_or_initialise(ckpt, state, config, mesh, workdir: Path, steps_per_epoch: int):
+  """(state, restored step): the newest good checkpoint, else `init_from`, else `state`."""
+  is_main = jax.process_index() == 0
+  restored = ckpt.restore_latest(abstract_state(state, mesh))
+  if restored is not None:
+    step, state = restored
+    logging.info('resumed at step %d', step)
+    if is_main:
+      print(f'Resuming from checkpoint at step {step} (epoch {step / steps_per_epoch:.2f}) in '
+            f'{workdir}', flush=True)
+    return _hyperparams_from_config(state, config, is_main), step
+  if config.init_from:
+    state = load_pretrained(state, config, mesh)
+    if is_main:
+      print(f'Initialised from {config.init_from} ({config.finetune_mode} fine-tuning)',
+            flush=True)
+  return state, None
+
+
+def _bound_in_flight(pending: list[dict]) -> None:
+  """Waits for the step before the one just dispatched: one step stays queued, so the
+  device keeps busy, but a SIGTERM is acted on after a step or two, not after a whole
+  log interval of queued ones."""
+  if pending:
+    jax.block_until_ready(pending[-1]['loss'])
 
 
 class TrainClock:
@@ -516,9 +830,9 @@ class TrainClock:
 
 
 def _logged(workdir: Path) -> list[dict]:
-  """Every record of metrics.jsonl, which spans all resumed segments of a run."""
-  with open(workdir / metrics.METRICS_FILE, encoding='utf-8') as lines:
-    return [json.loads(line) for line in lines]
+  """The records of metrics.jsonl over all resumed segments, without the steps a resume
+  trained again (metrics.read_metrics)."""
+  return metrics.read_metrics(workdir)
 
 
 def final_results(config, step, eval_metrics, train_metrics, workdir, wall_s,

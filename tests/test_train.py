@@ -1,8 +1,11 @@
 """The training engine: steps, data parallelism, resume, preemption, divergence, outputs."""
 
+import errno
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -13,8 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnet_jax import checkpoint, config as config_lib, optim, parallel, preprocessing, presets
-from resnet_jax import train
+from resnet_jax import checkpoint, config as config_lib, metrics, optim, parallel, preprocessing
+from resnet_jax import presets, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -359,18 +362,125 @@ def test_validation_examples_are_evaluated_beside_the_test_split_and_pick_the_be
   assert chosen_on == ['val/accuracy']  # never the test split
 
 
-def test_a_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path):
-  """lr 1e30: the loss is finite at steps 1-2 (checkpoint at 2), then NaN at step 3."""
-  config = tiny_config(learning_rate=1e30, log_every_steps=1, checkpoint_every_steps=2)
-  with pytest.raises(train.TrainingDiverged, match='last good checkpoint \\(step 2\\) is kept'):
-    train.train_and_evaluate(config, tmp_path)
-  assert sorted(int(p.name) for p in (tmp_path / 'checkpoints').iterdir()
-                if p.name.isdigit()) == [2]
+
+def is_finite(tree) -> bool:
+  return all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(tree))
+
+
+def test_a_diverging_run_saves_nothing_after_it_and_a_rerun_resumes_from_a_good_state(tmp_path):
+  """lr 0.01 for 4 steps, then x1e30 (a step 'decay' that multiplies): steps 5-6 blow up.
+
+  Checkpoints every 2 steps, keep_checkpoints=1. Step 2 is good: training went on from it
+  to the save at step 4 with every value finite. Step 4 is followed by the divergence, so
+  it is set aside; retention had to keep step 2 although it keeps only the newest.
+  """
+  diverging = dict(learning_rate=0.01, lr_schedule='step', lr_boundaries_steps=(4,),
+                   lr_decay_factor=1e30, log_every_steps=1, checkpoint_every_steps=2,
+                   keep_checkpoints=1, num_train_steps=8)
+  with pytest.raises(train.TrainingDiverged) as error:
+    train.train_and_evaluate(tiny_config(**diverging), tmp_path)
+  message = str(error.value)
+  assert 'training diverged; the last good checkpoint is step 2, where a rerun resumes' in message
+  assert 'later steps 4 moved aside' in message and '\n' not in message
+  checkpoints = tmp_path / 'checkpoints'
+  assert sorted(p.name for p in checkpoints.iterdir() if p.name.isdigit()) == ['2']
+  assert len(list(checkpoints.glob('4.diverged-*'))) == 1
+  step, state = final_state(tmp_path)
+  assert step == 2 and is_finite(state['params']) and is_finite(state['batch_stats'])
+
+  # Rerun with a learning rate 1e30 times lower: 0.01 after the boundary.
+  results = train.train_and_evaluate(tiny_config(**{**diverging, 'learning_rate': 1e-32}),
+                                     tmp_path)
+  assert results['step'] == 8 and np.isfinite(results['train_loss'])
+  assert np.isfinite(results['test_loss'])
+  logged = [r['step'] for r in metrics.read_metrics(tmp_path) if 'train/loss' in r]
+  assert logged == list(range(1, 9))  # the diverged segment's steps 3-6 are not counted
 
 
 def test_batch_size_must_split_evenly_over_the_devices(tmp_path):
   with pytest.raises(presets.ConfigError, match='not divisible by the 8 devices'):
     train.train_and_evaluate(tiny_config(batch_size=30), tmp_path)
+
+
+def test_sigterm_during_an_evaluation_stops_it_saves_and_a_rerun_finishes(tmp_path,
+                                                                        monkeypatch):
+  """The evaluation at step 4 has 32 batches of 8; SIGTERM arrives in its second."""
+  real_eval_step, calls = train.make_eval_step, []
+
+  def eval_step_that_gets_a_sigterm(*args):
+    step = real_eval_step(*args)
+
+    def run(*inputs):
+      calls.append(1)
+      if len(calls) == 3:  # call 1 is the memory check before training
+        os.kill(os.getpid(), signal.SIGTERM)
+      return step(*inputs)
+    return run
+
+  monkeypatch.setattr(train, 'make_eval_step', eval_step_that_gets_a_sigterm)
+  config = tiny_config(eval_batch_size=8, eval_every_epochs=0.5)  # an evaluation every 4 steps
+  assert train.train_and_evaluate(config, tmp_path) == {
+      'step': 4, 'preempted': True, 'signal': 'SIGTERM'}
+  assert len(calls) == 3  # stopped after the batch in flight, not after 32
+  assert (tmp_path / 'checkpoints' / '4').exists()
+  assert not [r for r in metrics.read_metrics(tmp_path) if 'eval/loss' in r]
+  assert train.train_and_evaluate(config, tmp_path)['step'] == 12
+
+
+def test_a_first_ctrl_c_asks_to_stop_and_a_second_one_ends_the_process(monkeypatch):
+  flag = train.PreemptionFlag()
+  try:
+    with pytest.raises(KeyboardInterrupt):  # before training: nothing to save
+      os.kill(os.getpid(), signal.SIGINT)
+    flag.arm()
+    os.kill(os.getpid(), signal.SIGINT)
+    assert flag.requested == 'Ctrl-C' and flag.agreed()
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_DFL  # the next one kills at once
+  finally:
+    flag.restore()
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_workdir_that_is_a_file_or_inside_one_is_a_one_line_error(tmp_path):
+  a_file = tmp_path / 'results.txt'
+  a_file.write_text('not a folder')
+  for workdir, message in ((a_file, 'is a file'), (a_file / 'run', 'cannot create')):
+    with pytest.raises(checkpoint.WorkdirError, match=message) as error:
+      train.train_and_evaluate(tiny_config(), workdir)
+    assert '\n' not in str(error.value)
+
+
+def test_an_eval_batch_that_does_not_fit_stops_before_training(tmp_path, monkeypatch):
+  def out_of_memory(*args):
+    def run(*inputs):
+      raise jax.errors.JaxRuntimeError(
+          'RESOURCE_EXHAUSTED: Out of memory while trying to allocate 81920000000 bytes.')
+    return run
+  monkeypatch.setattr(train, 'make_eval_step', out_of_memory)
+  with pytest.raises(presets.ConfigError, match='eval_batch_size=64 does not fit in device '
+                     'memory .*; lower eval_batch_size'):
+    train.train_and_evaluate(tiny_config(), tmp_path)
+  assert not (tmp_path / 'metrics.jsonl').exists()
+  assert not [p for p in (tmp_path / 'checkpoints').iterdir() if p.name.isdigit()]
+
+
+def test_a_full_disk_during_a_save_is_one_line_and_the_earlier_checkpoint_resumes(
+    tmp_path, monkeypatch):
+  real_save = checkpoint.Checkpointer.save
+
+  def save_until_the_disk_is_full(self, step, *args, **kwargs):
+    if step > 4:
+      raise OSError(errno.ENOSPC, 'No space left on device', str(self.directory / str(step)))
+    return real_save(self, step, *args, **kwargs)
+
+  monkeypatch.setattr(checkpoint.Checkpointer, 'save', save_until_the_disk_is_full)
+  with pytest.raises(checkpoint.WorkdirError) as error:
+    train.train_and_evaluate(tiny_config(), tmp_path)
+  assert str(error.value).startswith('no space left on device writing ')
+  assert 'free space and rerun the same command: a rerun resumes from checkpoint step 4' in \
+      str(error.value)
+  monkeypatch.undo()
+  assert train.train_and_evaluate(tiny_config(), tmp_path)['step'] == 12
 
 
 # ----------------------------------------------------------------------------- processes
@@ -437,6 +547,49 @@ def test_a_resumed_run_takes_the_learning_rate_of_its_config_and_says_so(tmp_pat
   assert float(resumed['learning_rate']) == pytest.approx(0.02)
   assert float(reference['learning_rate']) == pytest.approx(0.01)
   assert float(resumed['weight_decay']) == float(reference['weight_decay'])  # unchanged
+  # config.json still says how the run started; the record says what produced its results.
+  assert json.loads((workdir / 'config.json').read_text())['learning_rate'] == 0.01
+  record = metrics.read_config_record(workdir)
+  assert (record['learning_rate'], record['num_train_steps']) == (0.02, 6)
+
+
+def snapshot(workdir: Path) -> dict:
+  return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in workdir.rglob('*')}
+
+
+def test_a_resume_with_another_network_is_refused_in_one_line_and_writes_nothing(
+    tmp_path, reference_run):
+  """Option A and no shortcut have the same parameter shapes: only the record tells them
+  apart. The reference run is complete, so it would have reported its own results."""
+  workdir = Path(shutil.copytree(reference_run, tmp_path / 'run'))
+  before = snapshot(workdir)
+  code, output = run_launch(workdir, overrides={**CALM, 'model.shortcut': 'none'})
+  assert code == 1
+  assert output.strip().splitlines()[-1] == (
+      f"error: {workdir} holds a run of another config: model.shortcut 'A' -> 'none'; a resume "
+      'may change only the run length, learning_rate, weight_decay, momentum and the logging, '
+      'eval and checkpoint cadence; use a fresh workdir '
+      f'(--workdir={workdir}_shortcut=none) or drop these changes to resume'), output
+  assert snapshot(workdir) == before
+
+
+def test_without_a_record_other_parameter_shapes_are_still_one_line(tmp_path, reference_run):
+  workdir = copy_of(reference_run, tmp_path / 'run', keep_steps={4})
+  (workdir / 'config.json').unlink()
+  with pytest.raises(checkpoint.CheckpointMismatch, match='holds a different state') as error:
+    train.train_and_evaluate(tiny_config(**{'model.width': 2}), workdir)
+  assert isinstance(error.value, checkpoint.RunError) and '\n' not in str(error.value)
+
+
+def test_init_from_takes_a_trained_run_and_gives_it_a_new_head(tmp_path, reference_run):
+  """A 10-class run as the backbone of a 100-class linear probe."""
+  config = tiny_config(**{'init_from': str(reference_run), 'finetune_mode': 'linear_probe',
+                          'dataset.num_classes': 100, 'num_train_steps': 2})
+  train.train_and_evaluate(config, tmp_path)
+  params, source = final_params(tmp_path)[1], final_params(reference_run)[1]
+  assert params['head']['kernel'].shape == (64, 100)
+  assert_trees_equal({k: v for k, v in params.items() if k != 'head'},
+                     {k: v for k, v in source.items() if k != 'head'})
 
 
 def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, reference_run):
@@ -452,19 +605,44 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, re
   assert list((workdir / 'checkpoints').glob('8.corrupt-*'))  # kept aside, not deleted
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
-  process = launch(tmp_path, overrides={'num_train_steps': 100000,
-                                         'checkpoint_every_steps': 100000})
-  metrics_file = tmp_path / 'metrics.jsonl'
-  deadline = time.time() + 300
-  while not metrics_file.exists() and time.time() < deadline:
+def wait_for(path: Path, timeout_s: float = 300) -> None:
+  deadline = time.time() + timeout_s
+  while not path.exists() and time.time() < deadline:
     time.sleep(0.05)
-  process.send_signal(signal.SIGTERM)
+
+
+def test_ctrl_c_saves_says_how_to_resume_and_exits_then_a_rerun_resumes(tmp_path):
+  long_run = {'num_train_steps': 100000, 'checkpoint_every_steps': 100000}
+  process = launch(tmp_path, overrides=long_run)
+  wait_for(tmp_path / 'metrics.jsonl')
+  process.send_signal(signal.SIGINT)
   output, _ = process.communicate(timeout=300)
-  assert process.returncode == 0, output
-  assert 'SIGTERM: saved checkpoint at step' in output
-  saved = int(output.split('SIGTERM: saved checkpoint at step ')[1].split(';')[0])
+  assert process.returncode == 130, output  # saved, but not finished: `a && b` stops
+  assert 'Ctrl-C: saved checkpoint at step' in output and 'Traceback' not in output, output
+  saved = int(output.split('saved checkpoint at step ')[1].split(';')[0])
   assert (tmp_path / 'checkpoints' / str(saved)).exists()
+  code, output = run_launch(tmp_path, overrides={**long_run, 'num_train_steps': saved + 2})
+  assert code == 0 and f'Resuming from checkpoint at step {saved} ' in output, output
+
+
+def test_a_second_process_on_a_live_workdir_refuses_and_a_killed_ones_lock_does_not_block(
+    tmp_path):
+  long_run = {'num_train_steps': 100000, 'checkpoint_every_steps': 4}
+  first = launch(tmp_path, overrides=long_run)
+  wait_for(tmp_path / 'checkpoints' / '4')
+  code, output = run_launch(tmp_path, overrides=long_run)
+  assert code == 1 and first.poll() is None, output
+  lines = output.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(
+      f'error: {tmp_path} is in use by pid {first.pid} on host {socket.gethostname()}'), output
+  first.send_signal(signal.SIGKILL)
+  first.wait()
+  newest = max(int(p.name) for p in (tmp_path / 'checkpoints').iterdir() if p.name.isdigit())
+  code, output = run_launch(tmp_path, overrides={**long_run, 'num_train_steps': newest + 2})
+  assert code == 0, output
+  assert f'Took over the lock of pid {first.pid} on host {socket.gethostname()}' in output
+  logged = [r['step'] for r in metrics.read_metrics(tmp_path) if 'train/loss' in r]
+  assert logged == sorted(set(logged))  # no step counted twice
 
 
 def test_two_processes_match_one_process_with_the_same_total_devices(tmp_path, reference_run):
