@@ -13,8 +13,11 @@ A sweep is a list of points, each a dict {config path: value}, built with three 
    and validates it: unknown path, wrong type, impossible architecture, each as one line
    before anything runs;
 2. runs each point in `W/<name>`, `name` made from its overrides (`depth=20,shortcut=A,
-   seed=0`), skipping points with a results.json (or diverged.json) and resuming
-   interrupted ones from their checkpoints. Executors: here, one point after another
+   seed=0`), skipping points with a results.json (or diverged.json) whose recorded config
+   (config.json) is the point's config now, and resuming interrupted ones from their
+   checkpoints. A point whose record differs (the command's --config overrides changed,
+   say) stops the sweep before anything runs, naming the points and keys: its results
+   belong to another config. Executors: here, one point after another
    (`local`), or one submitit job per point (`submitit_local`, one per GPU at a time;
    `slurm`). Points that differ only in seed / learning_rate / weight_decay / momentum can
    train as one vmapped program (`sweep_batched.py`, --sweep_vmap);
@@ -161,11 +164,40 @@ class Run:
   def results_file(self) -> Path:
     return self.workdir / RESULTS_FILE
 
-  def is_finished(self) -> bool:
+  def has_results(self) -> bool:
     """Trained to the end (results.json), or stopped for good by a diverged loss."""
     return self.results_file.exists() or (self.workdir / DIVERGED_FILE).exists()
 
+  def differences(self) -> dict[str, tuple[Any, Any]] | None:
+    """{key: (recorded, now)} where the point's recorded config differs from its config
+    now; None when nothing is recorded."""
+    from resnet_jax import config as config_lib, metrics  # pylint: disable=g-import-not-at-top
+    recorded = metrics.read_config_record(self.workdir)
+    return None if recorded is None else config_lib.differences(recorded, self.config)
+
+  def stale_reason(self) -> str | None:
+    """Why this point's folder holds another config's run ('model.depth 20 -> 14'); None
+    if it does not.
+
+    Results count only if the recorded config equals the point's config; a partial run
+    may differ only where a resume may (config.RESUMABLE_KEYS).
+    """
+    from resnet_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+    changed = self.differences()
+    if changed is None:
+      return 'results without a config.json' if self.has_results() else None
+    if not self.has_results():
+      changed = {key: change for key, change in changed.items()
+                 if key not in config_lib.RESUMABLE_KEYS}
+    return config_lib.describe_differences(changed, limit=3) if changed else None
+
+  def is_finished(self) -> bool:
+    """Has results, made by the point's config as it is now."""
+    return self.has_results() and self.stale_reason() is None
+
   def results(self) -> dict[str, Any] | None:
+    if not self.is_finished():
+      return None
     for file in (self.results_file, self.workdir / DIVERGED_FILE):
       if file.exists():
         return json.loads(file.read_text())
@@ -261,7 +293,29 @@ def sweep_points(module, arg: str | None) -> list[Point]:
   if not hasattr(module, 'get_sweep'):
     raise SweepError(f'{module.__file__} has no get_sweep(arg) function, so it cannot run with '
                      '--sweep; define one returning sweep.product(...) or a list of dicts')
-  return module.get_sweep(arg)
+  try:
+    return module.get_sweep(arg)
+  except ConfigError:
+    raise
+  except Exception as error:  # pylint: disable=broad-except
+    raise SweepError(f'{module.__file__}: get_sweep({arg!r}) raised {type(error).__name__}: '
+                     f'{error}') from None
+
+
+def check_records(runs: Sequence[Run]) -> None:
+  """Stops the sweep, before anything runs, if a point's folder holds another config's run.
+
+  Raised as one line naming the points and the keys that differ.
+  """
+  stale = [(run, reason) for run in runs if (reason := run.stale_reason())]
+  if not stale:
+    return
+  listed = '; '.join(f'{run.name}: {reason}' for run, reason in stale[:4])
+  more = f'; and {len(stale) - 4} more' if len(stale) > 4 else ''
+  raise SweepError(
+      f'{len(stale)} of {len(runs)} points hold runs of another config ({listed}{more}); rerun '
+      'with a fresh --workdir for the new config, or without the changed --config overrides '
+      'to keep these results, or delete those point folders to retrain them')
 
 
 # ----------------------------------------------------------------------------- grouping
@@ -344,8 +398,11 @@ def record_divergence(run: Run, error: Exception) -> None:
 
 def run_single(run: Run, run_point: Callable | None = None) -> dict[str, Any]:
   """Trains (or runs the config file's `run_point` on) one point; resumes from its checkpoints."""
-  from resnet_jax import train  # pylint: disable=g-import-not-at-top
+  from resnet_jax import metrics, train  # pylint: disable=g-import-not-at-top
   runner = run_point or train.train_and_evaluate
+  if run_point is not None:  # train_and_evaluate records its config itself
+    run.workdir.mkdir(parents=True, exist_ok=True)
+    metrics.write_config_record(run.workdir, run.config)
   try:
     return runner(run.config, run.workdir)
   except train.TrainingDiverged as error:
@@ -386,8 +443,10 @@ def run_groups(groups: Sequence[Sequence[Run]], run_point: Callable | None = Non
         outcomes.append(run_single(run, run_point))
         if outcomes[-1].get('preempted'):
           break
-    if any(outcome.get('preempted') for outcome in outcomes):
-      print('SIGTERM: sweep stopped; rerun the same command to resume.', flush=True)
+    stopped = [outcome for outcome in outcomes if outcome.get('preempted')]
+    if stopped:
+      print(f'{stopped[0].get("signal") or "SIGTERM"}: sweep stopped; rerun the same command to '
+            'resume.', flush=True)
       return False
   return True
 
@@ -531,7 +590,9 @@ def collect(runs: Sequence[Run]) -> list[dict[str, Any]]:
   for run in runs:
     info = _architecture_summary(run.config, cache)
     results = run.results() or {}
-    status = 'diverged' if results.get('diverged') else ('done' if results else 'missing')
+    status = 'diverged' if results.get('diverged') else ('done' if results else
+                                                         'stale' if run.has_results() else
+                                                         'missing')
     row = {'name': run.name, **run.overrides,
            'model': results.get('model', presets.model_name(run.config.model)),
            'params': info['params'], 'flops_per_example': info['flops_per_example'],
@@ -546,6 +607,8 @@ def collect(runs: Sequence[Run]) -> list[dict[str, Any]]:
 
 
 def _status_line(run: Run) -> str:
+  if run.stale_reason():
+    return 'stale'
   if run.is_finished():
     return 'diverged' if (run.workdir / DIVERGED_FILE).exists() else 'done'
   return 'partial' if (run.workdir / 'checkpoints').exists() else 'todo'
@@ -608,6 +671,7 @@ def main(config, config_flag: str, workdir, *,
                           recorded.get('wall_s'))
     return []
 
+  check_records(runs)
   workdir.mkdir(parents=True, exist_ok=True)
   _write_json(workdir / SWEEP_FILE, {'command': command, 'config_file': str(config_file),
                                      'config_arg': config_arg,

@@ -268,6 +268,32 @@ def test_rerunning_a_sweep_skips_finished_points_and_resumes_interrupted_ones(
   assert json.loads((interrupted / 'results.json').read_text())['step'] == 4
 
 
+def test_a_rerun_with_other_overrides_stops_before_running_and_names_points_and_keys(
+    separate_runs, tiny_data, tmp_path, monkeypatch, capsys):
+  """Finished points whose config.json is not the point's config now are not finished."""
+  workdir, spec, _ = separate_runs
+  workdir = Path(shutil.copytree(workdir, tmp_path / 'sweep'))
+  report_before = (workdir / 'report.md').read_text()
+  monkeypatch.setattr(train, 'train_and_evaluate', pytest.fail)
+  changed = tiny_config(tiny_data, num_train_steps=40, **{'model.depth': 14})
+  with pytest.raises(SweepError) as error:
+    sweep.main(changed, str(spec), workdir, vmap='off')
+  message = str(error.value)
+  assert message.startswith('4 of 4 points hold runs of another config (seed=0: model.depth 8 '
+                            '-> 14, num_train_steps 4 -> 40; seed=1: ')
+  assert 'rerun with a fresh --workdir' in message and '\n' not in message
+  assert (workdir / 'report.md').read_text() == report_before  # no new command over old numbers
+
+  sweep.main(changed, str(spec), workdir, dry_run=True)
+  assert capsys.readouterr().out.count(' stale ') == 4
+
+
+def test_a_get_sweep_that_raises_is_one_line(tmp_path):
+  spec = write_sweep_file(tmp_path / 'spec.py', "{}['seeds']")
+  with pytest.raises(SweepError, match=r"spec.py: get_sweep\(None\) raised KeyError: 'seeds'"):
+    sweep.main(config_lib.default_config(), str(spec), tmp_path / 'w')
+
+
 def _metric_lines(run_dir: Path):
   return [json.loads(line) for line in (run_dir / 'metrics.jsonl').read_text().splitlines()]
 
