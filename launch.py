@@ -22,7 +22,8 @@ _CONFIG = config_flags.DEFINE_config_file(
     lock_config=True)
 _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Checkpoints, metrics.jsonl, TensorBoard files and config.json go here. '
-    'Rerunning with the same workdir resumes. Default: runs/<config name>.')
+    'Rerunning with the same workdir resumes. Default: runs/<config name>[_<variant>]'
+    '[_<overrides>], e.g. runs/resnet_cifar_shortcut=none for --config.model.shortcut=none.')
 _MODE = flags.DEFINE_enum('mode', 'train', ['train', 'summary', 'bench'], 'What to do.')
 _COORDINATOR = flags.DEFINE_string(
     'coordinator_address', None, 'host:port of process 0, for multi-host runs off SLURM/TPU.')
@@ -50,20 +51,64 @@ flags.mark_flags_as_required(['config'])
 
 
 def _default_workdir() -> str:
-  """runs/<config file name>[_<variant>], e.g. runs/wrn_quick."""
-  config_path = config_flags.get_config_filename(flags.FLAGS['config'])
+  config_flag = flags.FLAGS['config']
+  return default_workdir(config_flags.get_config_filename(config_flag),
+                         config_flag.serialize().partition(':')[2],
+                         config_flags.get_override_values(config_flag))
+
+
+def default_workdir(config_path: str, variant: str, overrides: dict) -> str:
+  """runs/<config file name>[_<variant>][_<overrides>], e.g. runs/wrn_quick_depth=40,width=4.
+
+  The --config.x=y overrides are part of the name (sorted, named as sweep points are), so
+  runs that differ in them, a plain twin and its residual net say, never share a folder.
+  """
+  from resnet_jax import sweep
   name = os.path.splitext(os.path.basename(config_path))[0]
-  argument = flags.FLAGS['config'].serialize().partition(':')[2]
-  variant = argument.replace(',', '_')
-  return os.path.join('runs', name + (f'_{variant}' if variant else ''))
+  variant = variant.replace(',', '_')
+  overrides = dict(sorted(overrides.items()))
+  parts = [name] + [variant] * bool(variant) + [sweep.point_name(overrides)] * bool(overrides)
+  return os.path.join('runs', '_'.join(parts))
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
-  """Errors caused by a bad config, path or file: shown as one line, without a traceback."""
-  from resnet_jax import datasets, train
+  """Errors caused by a bad config, path, file or workdir: shown as one line, no traceback."""
+  from resnet_jax import checkpoint, datasets
   from resnet_jax.cpu_settings import CpuSettingsError
   from resnet_jax.presets import ConfigError
-  return (ConfigError, datasets.DatasetError, train.TrainingDiverged, CpuSettingsError)
+  return (ConfigError, datasets.DatasetError, checkpoint.RunError, CpuSettingsError)
+
+
+def _honour_num_epochs(config, overrides) -> str | None:
+  """Makes a --config.num_epochs override count where the config sets num_train_steps.
+
+  num_train_steps > 0 wins over num_epochs, so a recipe counted in iterations (He et al.:
+  64,000) would ignore the override. The override now clears num_train_steps; the
+  recipe's lr boundaries in steps (32,000 and 48,000) become the same fractions of the
+  new length in epochs, so 2 epochs keep the recipe's shape. Returns the line that says
+  so; both overrides at once are a ConfigError naming the one that wins.
+  """
+  from resnet_jax.presets import ConfigError
+  if 'num_epochs' not in overrides or config.num_train_steps <= 0:
+    return None
+  if 'num_train_steps' in overrides:
+    raise ConfigError(f'num_epochs={config.num_epochs} and num_train_steps='
+                      f'{config.num_train_steps} are both set and num_train_steps wins; give '
+                      'one of them')
+  recipe_steps = config.num_train_steps
+  config.num_train_steps = -1
+  line = f'num_epochs={config.num_epochs:g} replaces the config\'s num_train_steps={recipe_steps}'
+  boundaries = tuple(config.lr_boundaries_steps)
+  if boundaries and 'lr_boundaries_steps' not in overrides:
+    config.lr_boundaries_steps = ()
+    if 'lr_boundaries_epochs' not in overrides:
+      config.lr_boundaries_epochs = tuple(round(b / recipe_steps * config.num_epochs, 4)
+                                          for b in boundaries)
+      line += (f'; its lr boundaries at steps {", ".join(map(str, boundaries))} (' +
+               ', '.join(f'{b / recipe_steps:.0%}' for b in boundaries) +
+               ' of the run) move to epochs ' +
+               ', '.join(f'{e:g}' for e in config.lr_boundaries_epochs))
+  return line
 
 
 def main(argv):
@@ -80,6 +125,9 @@ def main(argv):
     _run(config)
   except _user_errors() as error:
     sys.exit(f'error: {error}')
+  except KeyboardInterrupt:  # Ctrl-C before training started: nothing to save
+    print('interrupted', file=sys.stderr)
+    sys.exit(130)
 
 
 def _apply_cpu_settings():
@@ -90,6 +138,9 @@ def _apply_cpu_settings():
 
 def _run(config):
   from resnet_jax import config as config_lib
+  note = _honour_num_epochs(config, config_flags.get_override_values(flags.FLAGS['config']))
+  if note:
+    print(note, flush=True)
   config_lib.validate(config)
   workdir = _WORKDIR.value or _default_workdir()
   if _MODE.value != 'summary':
@@ -114,7 +165,9 @@ def _run(config):
     bench.run(config)
   else:
     from resnet_jax import train
-    train.train_and_evaluate(config, workdir)
+    outcome = train.train_and_evaluate(config, workdir)
+    if outcome.get('signal') == 'Ctrl-C':
+      sys.exit(130)  # saved, but the run did not finish: `a && b` must not go on to b
 
 
 def _parse_flags(argv):
