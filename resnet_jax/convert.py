@@ -306,22 +306,38 @@ def to_torch_state_dict(variables: Mapping[str, Any], arch='resnet50') -> dict[s
 # ----------------------------------------------------------------------------- files
 
 def read_state_dict(path) -> Mapping[str, Any]:
-  """A state_dict from .safetensors (numpy only, no torch), .pth/.pt/.bin (torch) or .npz."""
+  """A state_dict from .safetensors (numpy only, no torch), .pth/.pt/.bin (torch) or .npz.
+
+  A file that cannot be parsed (truncated, corrupt, another format) is a ConversionError
+  naming the file and the reader's reason.
+  """
   path = pathlib.Path(path)
   if not path.is_file():
     raise FileNotFoundError(f'weights file {path} does not exist')
-  if path.suffix == '.safetensors':
-    from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
-    return load_file(str(path))
-  if path.suffix == '.npz':
-    with np.load(path) as archive:
-      return {name: archive[name] for name in archive.files}
+  if path.suffix not in ('.safetensors', '.npz'):
+    try:
+      import torch  # pylint: disable=import-outside-toplevel
+    except ImportError as error:
+      raise ImportError(f'reading {path.name} needs torch (pip install torch); '
+                        '.safetensors files need only the safetensors package') from error
   try:
-    import torch  # pylint: disable=import-outside-toplevel
-  except ImportError as error:
-    raise ImportError(f'reading {path.name} needs torch (pip install torch); '
-                      '.safetensors files need only the safetensors package') from error
-  return torch.load(path, map_location='cpu', weights_only=True)
+    if path.suffix == '.safetensors':
+      from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
+      state_dict = load_file(str(path))
+    elif path.suffix == '.npz':
+      with np.load(path) as archive:
+        state_dict = {name: archive[name] for name in archive.files}
+    else:
+      state_dict = torch.load(path, map_location='cpu', weights_only=True)
+  except Exception as error:  # each reader fails in its own way on a damaged file
+    reason = ' '.join(str(error).split())[:200] or type(error).__name__
+    raise ConversionError(f'cannot read weights file {path} ({type(error).__name__}: {reason}); '
+                          'download it again or check its format (.pth, .pt, .bin, '
+                          '.safetensors, .npz)') from None
+  if not isinstance(state_dict, Mapping):
+    raise ConversionError(f'weights file {path} holds a {type(state_dict).__name__}, not a '
+                          'state_dict (a mapping of tensor names to tensors)')
+  return state_dict
 
 
 def save_converted(out_dir, config, num_classes: int, variables, *, source: str = '') -> None:
@@ -389,7 +405,13 @@ def main(argv: list[str] | None = None) -> int:
   except (ConversionError, presets.ConfigError, FileNotFoundError, ImportError) as error:
     print(f'error: {error}', file=sys.stderr)
     return 1
-  save_converted(out_dir, config, num_classes, variables, source=os.path.basename(args.weights))
+  try:
+    save_converted(out_dir, config, num_classes, variables,
+                   source=os.path.basename(args.weights))
+  except OSError as error:
+    print(f'error: cannot write {out_dir} ({error.strerror or error}); give a writable --out '
+          'folder', file=sys.stderr)
+    return 1
   count = sum(1 for _ in _leaves(variables))
   dropped = sum(1 for name in strip_wrappers(state_dict) if name.endswith(DROPPED_SUFFIX))
   print(f'converted {count} tensors of {presets.model_name(config)} ({num_classes} classes; '

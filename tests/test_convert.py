@@ -241,6 +241,37 @@ def test_cli_refuses_to_overwrite(tmp_path, resnet18_state_dict):
   assert convert.main(args) == 2
 
 
+@pytest.mark.parametrize('name, content', [
+    ('resnet18.safetensors', b'\x08\x00\x00\x00\x00\x00\x00\x00{"a": 1'),
+    ('resnet18.npz', b'PK\x03\x04 truncated zip'),
+    ('resnet18.npz', b''),
+])
+def test_cli_reports_an_unreadable_weights_file_in_one_line(tmp_path, capsys, name, content):
+  pytest.importorskip('safetensors.numpy')
+  weights = tmp_path / name
+  weights.write_bytes(content)
+  status = convert.main(['--arch=resnet18', f'--weights={weights}', f'--out={tmp_path / "o"}'])
+  error = capsys.readouterr().err
+  assert status == 1 and error.count('\n') == 1, error
+  assert error.startswith(f'error: cannot read weights file {weights} (')
+  assert not (tmp_path / 'o').exists()
+
+
+def test_a_damaged_converted_checkpoint_given_to_init_from_is_one_line(tmp_path,
+                                                                        resnet18_state_dict):
+  from resnet_jax import train
+  config, num_classes, variables = convert.convert_state_dict(resnet18_state_dict, 'resnet18')
+  convert.save_converted(tmp_path / 'weights', config, num_classes, variables)
+  for path in (tmp_path / 'weights' / convert.VARIABLES_DIR).rglob('*'):
+    if path.is_file() and path.stat().st_size > 1000:
+      path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # an interrupted copy
+  with pytest.raises(presets.ConfigError) as error:
+    train.pretrained_variables(str(tmp_path / 'weights'))
+  message = str(error.value)
+  assert message.startswith(f"init_from='{tmp_path / 'weights'}' cannot be read (")
+  assert message.endswith('; convert or train it again') and '\n' not in message
+
+
 # ----------------------------------------------------------------------------- torchvision
 
 
