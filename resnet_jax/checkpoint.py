@@ -37,6 +37,8 @@ import logging
 import math
 import os
 import pathlib
+import re
+import shutil
 import socket
 import threading
 import time
@@ -62,6 +64,8 @@ STATE_ITEM = 'state'
 _METRICS_ITEM = 'metrics'
 # Orbax writes `<step>.orbax-checkpoint-tmp-<n>` and renames it when complete.
 _TMP_MARKER = '.orbax-checkpoint-tmp'
+# Room left beyond a checkpoint's arrays for orbax's metadata files.
+_SPACE_MARGIN_BYTES = 2**20
 # The step that `mark_good` vouched for last, kept across restarts.
 LAST_GOOD_FILE = 'last_good.json'
 
@@ -254,6 +258,7 @@ class Checkpointer:
     if step in self._manager.all_steps():
       log.info('Checkpoint for step %d already exists; not saving again.', step)
       return False
+    self._check_space(step, state)
     metrics = _json_metrics(metrics)
     return self._manager.save(
         step,
@@ -262,6 +267,25 @@ class Checkpointer:
         force=force,
         custom_metadata={'metrics': metrics},
     )
+
+  def _check_space(self, step: int, state: Any) -> None:
+    """Raises WorkdirError, on every process, if the disk cannot hold the checkpoint.
+
+    Checked before orbax starts: a disk that fills in the middle of a save fails in
+    several background threads at once. The previous checkpoints stay intact either way.
+    """
+    needed = sum(leaf.nbytes for leaf in jax.tree.leaves(state)) + _SPACE_MARGIN_BYTES
+    try:
+      free = shutil.disk_usage(os.fspath(self.directory)).free
+    except (OSError, TypeError, ValueError):  # not a local filesystem: let orbax try
+      return
+    if _all_processes_agree(free >= needed):
+      return
+    raise WorkdirError(
+        f'no space left on device for checkpoint step {step} in {self.directory}: it needs '
+        f'about {needed / 2**20:,.0f} MiB, {free / 2**20:,.0f} MiB are free; free space and '
+        f'rerun the same command: a rerun resumes from checkpoint step {self.latest_step}, the '
+        'newest complete one')
 
   def wait(self) -> None:
     """Blocks until the pending asynchronous save is committed."""
@@ -500,17 +524,41 @@ def _all_processes_agree(ok: bool) -> bool:
 # ----------------------------------------------------------------- disk full
 
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+# TensorStore, under orbax, reports a full disk as a ValueError whose text ends with the
+# OS error code: '... No space left on device [os_error_code='28']'.
+_TENSORSTORE_DISK_FULL = tuple(f"[os_error_code='{code}']" for code in _DISK_FULL)
+_TENSORSTORE_FILE = re.compile(r'Failed writing: "([^"]+)"')
 
 
-def disk_full(error: BaseException) -> OSError | None:
-  """The 'no space left' (or quota) OSError behind ``error``, however orbax wrapped it."""
+class _DiskFullReportedOnce(logging.Filter):
+  """Drops orbax's own error logs of a full disk (each with a traceback, from several
+  threads): the engine reports it once, as one line naming the fix."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if record.levelno < logging.ERROR or f'{os.sep}orbax{os.sep}' not in record.pathname:
+      return True
+    error = record.exc_info[1] if record.exc_info else None
+    return not ((error is not None and disk_full(error) is not None) or
+                any(marker in record.getMessage() for marker in _TENSORSTORE_DISK_FULL))
+
+
+def disk_full(error: BaseException) -> str | None:
+  """The file that a full disk (or quota) failed to write, behind ``error`` however orbax
+  or TensorStore wrapped it ('' if unnamed); None if the disk is not the cause."""
   seen = set()
   while error is not None and id(error) not in seen:
     seen.add(id(error))
     if isinstance(error, OSError) and error.errno in _DISK_FULL:
-      return error
+      return str(error.filename or '')
+    text = str(error)
+    if any(marker in text for marker in _TENSORSTORE_DISK_FULL):
+      found = _TENSORSTORE_FILE.search(text)
+      return found.group(1) if found else ''
     error = error.__cause__ or error.__context__
   return None
+
+
+logging.getLogger('absl').addFilter(_DiskFullReportedOnce())  # orbax logs through absl
 
 
 # ----------------------------------------------------------------- the lock

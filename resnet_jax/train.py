@@ -454,8 +454,8 @@ class DivergenceGuard:
     moved = self.ckpt.move_aside_after(good, 'diverged')
     kept = (f'the last good checkpoint is step {good}, where a rerun resumes' if good is not None
             else 'no checkpoint is known good, so a rerun starts from scratch')
-    aside = (f' (later steps {", ".join(map(str, moved))} moved aside to <step>.diverged-*)'
-             if moved else '')
+    aside = (f' (checkpoint{"s" * (len(moved) > 1)} {", ".join(map(str, moved))} set aside as '
+             '<step>.diverged-*)' if moved else '')
     return TrainingDiverged(
         f'{what} by step {step}: training diverged; {kept}{aside}. Lower learning_rate, add '
         'warmup_epochs or set grad_clip_norm.')
@@ -585,10 +585,10 @@ def _one_line_failure(error: Exception, workdir: Path) -> Exception | None:
   newest = _newest_step(workdir)
   resume = (f'a rerun resumes from checkpoint step {newest}' if newest is not None
             else 'no checkpoint was written')
-  if (full := checkpoint.disk_full(error)) is not None:
+  if (written := checkpoint.disk_full(error)) is not None:
     return checkpoint.WorkdirError(
-        f'no space left on device writing {full.filename or workdir} ({full.strerror}); free '
-        f'space and rerun the same command: {resume}, the newest complete one')
+        f'no space left on device writing {written or workdir}; free space and rerun the same '
+        f'command: {resume}, the newest complete one')
   if _out_of_memory(error):
     fix = ('lower batch_size or set half_precision=True' if newest is None else
            'a resume cannot change batch_size or half_precision: use a device with more memory, '
@@ -662,9 +662,9 @@ def _train_and_evaluate(config, workdir: Path, preemption: PreemptionFlag) -> di
       if is_main:
         print(f'already complete at step {step}: {results_file}', flush=True)
       return json.loads(results_file.read_text())
-    in_state = optim.hyperparams(state.opt_state)  # _hyperparams_from_config names those
+    in_state = optim.hyperparams(state.opt_state) if restored_step is not None else {}
     other_changes = {key: change for key, change in (changes or {}).items()
-                     if key not in in_state}
+                     if key not in in_state}  # _hyperparams_from_config names those
     if is_main and other_changes:
       print('Resuming with ' + config_lib.describe_differences(other_changes), flush=True)
   except BaseException:

@@ -33,7 +33,7 @@ if str(REPO_ROOT) not in sys.path:  # When run as a worker script.
   sys.path.insert(0, str(REPO_ROOT))
 
 from resnet_jax.checkpoint import (  # pylint: disable=g-import-not-at-top
-    Checkpointer, WorkdirInUse, WorkdirLock)
+    Checkpointer, WorkdirError, WorkdirInUse, WorkdirLock)
 
 LOGGER = 'resnet_jax.checkpoint'
 WIDTH = 4096
@@ -264,6 +264,20 @@ def test_the_step_marked_good_outlives_retention_restarts_and_a_divergence(tmp_p
     assert ckpt.move_aside_after(ckpt.last_good_step, 'diverged') == [3]
     assert ckpt.restore_latest(abstract_state(mesh))[0] == 1
   assert [p.name.split('-')[0] for p in tmp_path.glob('3.*')] == ['3.diverged']
+
+
+def test_a_save_the_disk_cannot_hold_is_refused_in_one_line_before_orbax_starts(
+    tmp_path, monkeypatch):
+  save_steps(tmp_path, [1])
+  free = shutil.disk_usage(tmp_path)._replace(free=1000)
+  monkeypatch.setattr(shutil, 'disk_usage', lambda path: free)
+  with Checkpointer(tmp_path) as ckpt:
+    with pytest.raises(WorkdirError) as error:
+      ckpt.save(2, device_state(2, local_mesh()))
+  assert str(error.value).startswith(f'no space left on device for checkpoint step 2 in '
+                                     f'{tmp_path}: it needs about ')
+  assert 'a rerun resumes from checkpoint step 1' in str(error.value)
+  assert os.listdir(tmp_path) == ['1']
 
 
 # -------------------------------------------------------- damaged checkpoints

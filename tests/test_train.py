@@ -381,7 +381,7 @@ def test_a_diverging_run_saves_nothing_after_it_and_a_rerun_resumes_from_a_good_
     train.train_and_evaluate(tiny_config(**diverging), tmp_path)
   message = str(error.value)
   assert 'training diverged; the last good checkpoint is step 2, where a rerun resumes' in message
-  assert 'later steps 4 moved aside' in message and '\n' not in message
+  assert '(checkpoint 4 set aside as <step>.diverged-*)' in message and '\n' not in message
   checkpoints = tmp_path / 'checkpoints'
   assert sorted(p.name for p in checkpoints.iterdir() if p.name.isdigit()) == ['2']
   assert len(list(checkpoints.glob('4.diverged-*'))) == 1
