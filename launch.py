@@ -118,9 +118,7 @@ def main(argv):
     config = _CONFIG.value
     config.keys()  # a file that failed to load surfaces here, on first use
   except OSError as error:  # --config names a file that cannot be loaded
-    text = f'{error}\n{error.__cause__}'
-    lines = [line.strip() for line in text.splitlines() if '[Errno' in line] or [str(error)]
-    sys.exit(f'error: {lines[-1]}; --config takes a config file such as configs/wrn.py')
+    _config_file_error(error)
   try:
     _run(config)
   except _user_errors() as error:
@@ -170,6 +168,12 @@ def _run(config):
       sys.exit(130)  # saved, but the run did not finish: `a && b` must not go on to b
 
 
+def _config_file_error(error: OSError):
+  text = f'{error}\n{error.__cause__}'
+  lines = [line.strip() for line in text.splitlines() if '[Errno' in line] or [str(error)]
+  sys.exit(f'error: {lines[-1]}; --config takes a config file such as configs/wrn.py')
+
+
 def _parse_flags(argv):
   """absl's parser, with a bad --config file, variant or override reported in one line."""
   try:
@@ -183,6 +187,8 @@ def _parse_flags(argv):
     words = re.findall(r"Did you mean.*?\?|[\w.]+", str(error).replace('\\n', ' '))
     sys.exit(f'error: unknown config key {" ".join(words[:1])!r}; {" ".join(words[1:2])}'
              .rstrip('; '))
+  except OSError as error:  # a missing --config file, loaded early by an override
+    _config_file_error(error)
 
 
 if __name__ == '__main__':

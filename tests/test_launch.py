@@ -16,6 +16,7 @@ import launch  # noqa: E402  pylint: disable=wrong-import-position
     (['--config=configs/wrn.py', '--config.model.dept=3'],
      "unknown config key 'dept'; Did you mean \"depth\""),
     (['--config=configs/nowhere.py'], 'No such file or directory'),
+    (['--config=configs/nowhere.py', '--config.seed=1'], 'No such file or directory'),
     (['--config=configs/wrn.py', '--config.batch_size=abc'], "invalid literal for int()"),
     (['--config=configs/wrn.py', '--config.model.width=0'], 'integer >= 1'),
     (['--config=configs/resnet_cifar.py', '--config.num_epochs=2', '--config.num_train_steps=9'],
