@@ -203,7 +203,8 @@ def validate(config) -> None:
   _validate_data(config)
   if config.finetune_mode != 'full' and not config.init_from:
     raise ConfigError(f'finetune_mode={config.finetune_mode!r} needs pretrained weights: set '
-                      '--config.init_from=<dir from python -m resnet_jax.convert>')
+                      '--config.init_from=<dir from python -m resnet_jax.convert, or a '
+                      'trained run>')
   for key in ('lr_boundaries_epochs', 'lr_boundaries_steps'):
     boundaries = list(config[key])
     if boundaries != sorted(boundaries) or any(b <= 0 for b in boundaries):

@@ -12,7 +12,7 @@ import launch  # noqa: E402  pylint: disable=wrong-import-position
 
 
 @pytest.mark.parametrize('arguments, message', [
-    (['--config=configs/wrn.py:quik'], "unknown config variant(s) ['quik']; allowed: dropout, quick"),
+    (['--config=configs/wrn.py:quik'], "unknown config variant(s) ['quik']; allowed: dropout, zca, quick"),
     (['--config=configs/wrn.py', '--config.model.dept=3'],
      "unknown config key 'dept'; Did you mean \"depth\""),
     (['--config=configs/nowhere.py'], 'No such file or directory'),

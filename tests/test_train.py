@@ -362,7 +362,6 @@ def test_validation_examples_are_evaluated_beside_the_test_split_and_pick_the_be
   assert chosen_on == ['val/accuracy']  # never the test split
 
 
-
 def is_finite(tree) -> bool:
   return all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(tree))
 
@@ -509,19 +508,23 @@ def copy_of(run: Path, destination: Path, keep_steps) -> Path:
   return destination
 
 
+def wait_for(path: Path, timeout_s: float = 300) -> None:
+  deadline = time.time() + timeout_s
+  while not path.exists() and time.time() < deadline:
+    time.sleep(0.05)
+
+
 def test_rerunning_after_kill_9_resumes_and_ends_with_the_same_parameters(tmp_path,
                                                                           reference_run):
   process = launch(tmp_path, overrides=CALM)
-  checkpoints = tmp_path / 'checkpoints'
-  deadline = time.time() + 300
-  while not (checkpoints / '4').exists() and time.time() < deadline:
-    time.sleep(0.02)
+  wait_for(tmp_path / 'checkpoints' / '4')
   process.send_signal(signal.SIGKILL)
   process.wait()
   assert not (tmp_path / 'results.json').exists()  # it really died mid-run
   code, output = run_launch(tmp_path, overrides=CALM)
   assert code == 0, output
   assert 'Resuming from checkpoint at step' in output
+  assert f'Took over the lock of pid {process.pid} on host {socket.gethostname()}' in output
   step_a, params_a = final_params(reference_run)
   step_b, params_b = final_params(tmp_path)
   assert step_a == step_b == 12
@@ -605,42 +608,25 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, re
   assert list((workdir / 'checkpoints').glob('8.corrupt-*'))  # kept aside, not deleted
 
 
-def wait_for(path: Path, timeout_s: float = 300) -> None:
-  deadline = time.time() + timeout_s
-  while not path.exists() and time.time() < deadline:
-    time.sleep(0.05)
-
-
-def test_ctrl_c_saves_says_how_to_resume_and_exits_then_a_rerun_resumes(tmp_path):
+def test_a_second_process_is_refused_and_ctrl_c_saves_says_how_to_resume_and_exits(tmp_path):
+  """Two processes on one workdir, then Ctrl-C, then the rerun it asks for."""
   long_run = {'num_train_steps': 100000, 'checkpoint_every_steps': 100000}
-  process = launch(tmp_path, overrides=long_run)
-  wait_for(tmp_path / 'metrics.jsonl')
-  process.send_signal(signal.SIGINT)
-  output, _ = process.communicate(timeout=300)
-  assert process.returncode == 130, output  # saved, but not finished: `a && b` stops
-  assert 'Ctrl-C: saved checkpoint at step' in output and 'Traceback' not in output, output
-  saved = int(output.split('saved checkpoint at step ')[1].split(';')[0])
-  assert (tmp_path / 'checkpoints' / str(saved)).exists()
-  code, output = run_launch(tmp_path, overrides={**long_run, 'num_train_steps': saved + 2})
-  assert code == 0 and f'Resuming from checkpoint at step {saved} ' in output, output
-
-
-def test_a_second_process_on_a_live_workdir_refuses_and_a_killed_ones_lock_does_not_block(
-    tmp_path):
-  long_run = {'num_train_steps': 100000, 'checkpoint_every_steps': 4}
   first = launch(tmp_path, overrides=long_run)
-  wait_for(tmp_path / 'checkpoints' / '4')
+  wait_for(tmp_path / 'metrics.jsonl')
   code, output = run_launch(tmp_path, overrides=long_run)
   assert code == 1 and first.poll() is None, output
   lines = output.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith(
       f'error: {tmp_path} is in use by pid {first.pid} on host {socket.gethostname()}'), output
-  first.send_signal(signal.SIGKILL)
-  first.wait()
-  newest = max(int(p.name) for p in (tmp_path / 'checkpoints').iterdir() if p.name.isdigit())
-  code, output = run_launch(tmp_path, overrides={**long_run, 'num_train_steps': newest + 2})
-  assert code == 0, output
-  assert f'Took over the lock of pid {first.pid} on host {socket.gethostname()}' in output
+
+  first.send_signal(signal.SIGINT)
+  output, _ = first.communicate(timeout=300)
+  assert first.returncode == 130, output  # saved, but not finished: `a && b` stops
+  assert 'Ctrl-C: saved checkpoint at step' in output and 'Traceback' not in output, output
+  saved = int(output.split('saved checkpoint at step ')[1].split(';')[0])
+  assert (tmp_path / 'checkpoints' / str(saved)).exists()
+  code, output = run_launch(tmp_path, overrides={**long_run, 'num_train_steps': saved + 2})
+  assert code == 0 and f'Resuming from checkpoint at step {saved} ' in output, output
   logged = [r['step'] for r in metrics.read_metrics(tmp_path) if 'train/loss' in r]
   assert logged == sorted(set(logged))  # no step counted twice
 
