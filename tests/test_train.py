@@ -566,12 +566,13 @@ def test_a_resume_with_another_network_is_refused_in_one_line_and_writes_nothing
   apart. The reference run is complete, so it would have reported its own results."""
   workdir = Path(shutil.copytree(reference_run, tmp_path / 'run'))
   before = snapshot(workdir)
+  shortcut = json.loads((workdir / 'config.json').read_text())['model']['shortcut']
   code, output = run_launch(workdir, overrides={**CALM, 'model.shortcut': 'none'})
   assert code == 1
   assert output.strip().splitlines()[-1] == (
-      f"error: {workdir} holds a run of another config: model.shortcut 'A' -> 'none'; a resume "
-      'may change only the run length, learning_rate, weight_decay, momentum and the logging, '
-      'eval and checkpoint cadence; use a fresh workdir '
+      f"error: {workdir} holds a run of another config: model.shortcut {shortcut!r} -> 'none'; "
+      'a resume may change only the run length, learning_rate, weight_decay, momentum and the '
+      'logging, eval and checkpoint cadence; use a fresh workdir '
       f'(--workdir={workdir}_shortcut=none) or drop these changes to resume'), output
   assert snapshot(workdir) == before
 
