@@ -10,8 +10,9 @@ Command:   python launch.py --config=experiments/degradation.py --sweep \
            seeds:  --config=experiments/degradation.py:seeds=3  (mean ± std over seeds)
 Sweep:     depth 20/32/44/56/110 x shortcut none/A; the He et al. 2015 recipe
            (configs/resnet_cifar.py: 64k iterations, lr 0.1 /10 at 32k and 48k, batch 128).
-           :cpu is depth 20/56 x shortcut none/A x seeds 0/1 on all 50,000 training images
-           for 2 epochs (configs/resnet_cifar.py:cpu's schedule: cosine, Nesterov, wd 5e-4).
+           :cpu is depth 20/56 x shortcut none/A x seeds 0/1, 3 epochs on a fixed 20,000
+           of the real training images (configs/resnet_cifar.py:cpu's schedule: cosine,
+           Nesterov, wd 5e-4), the whole test split evaluated after each epoch.
            :quick is depth 8/20/32 on 4,096 training images for 2 epochs at batch 32
            (256 steps, lr 0.05, cosine), one test evaluation at the end (all 10,000 images).
 Expected:  Fig. 6: plain-56 above plain-20 in both training and test error; ResNet test
@@ -35,7 +36,7 @@ from experiments import common
 from resnet_jax import report
 
 DEPTHS = {'full': (20, 32, 44, 56, 110), 'cpu': (20, 56), 'quick': (8, 20, 32)}
-CPU_EPOCHS = 2  # on all 50,000 training images
+CPU_EPOCHS, CPU_TRAIN_EXAMPLES = 3, 20_000
 SHORTCUTS = ('none', 'A')
 LABELS = {'none': 'plain', 'A': 'ResNet'}
 TITLES = {'none': 'plain nets', 'A': 'residual nets (option A)'}
@@ -47,7 +48,8 @@ def get_config(arg=None):
   if options['quick']:
     common.make_quick(config)
   if options['cpu']:
-    common.make_cpu(config, epochs=CPU_EPOCHS)
+    common.make_cpu(config, epochs=CPU_EPOCHS, train_examples=CPU_TRAIN_EXAMPLES,
+                    evaluations=3)
   return config
 
 
