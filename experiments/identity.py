@@ -20,8 +20,9 @@ Command:   python launch.py --config=experiments/identity.py --sweep \
            quick: :quick ; seeds: :seeds=3
 Sweep:     plain-20/56 and ResNet-20/56/110 (option A) with the He et al. 2015 recipe (64k
            iterations). :cpu trains the same five nets (seeds 0/1) for 2 epochs on a fixed
-           20,000 of the real training images with configs/resnet_cifar.py:cpu's schedule. :quick is
-           plain-8/20 and ResNet-8/20 on 4,096 training images for 2 epochs at batch 32.
+           20,000 of the real training images with configs/resnet_cifar.py:cpu's schedule.
+           :quick is plain-8/20 and ResNet-8/20 on 4,096 training images for 2 epochs at
+           batch 32, a plumbing check.
 Expected:  Fig. 7 (a figure, no table): ResNet responses below the plain nets' at every
            layer index once sorted; ResNet-110 below ResNet-56 below ResNet-20.
 Time:      :quick 3 min on an idle 2-core CPU (training; the analysis takes seconds).

@@ -15,10 +15,10 @@ Sweep:     (ResNet-110 basic, ResNet-164 bottleneck) x (original, pre-activation
            on all 50,000 training images for 2 epochs with configs/resnet_cifar.py:cpu's
            schedule. :quick is depth 20 (basic) and 29 (bottleneck) on 4,096 training
            images for 2 epochs at batch 32 (256 steps).
-Expected:  Table 2 (CIFAR-10 test error): ResNet-110 original 6.61%, pre-activation 6.37%;
-           ResNet-164 original 5.93%, pre-activation 5.46%.
-           :quick measured: ResNet-20 original 62.0%, pre-act 62.2%; ResNet-29
-           (bottleneck) original 69.6%, pre-act 65.5% (one seed).
+Expected:  He et al. 2016 Table 2, CIFAR-10 test error, median of 5 runs, pad-crop-flip:
+           ResNet-110 original 6.61% (the figure He et al. 2015 give as the mean of 5),
+           full pre-activation 6.37%; ResNet-164 original 5.93%, pre-activation 5.46%.
+           :quick is a plumbing check; its errors show nothing about the orderings.
 Time:      :quick 4 min on an idle 2-core CPU; full: 4 runs of 64k iterations.
 Output:    W/preact.png and the Table 2 layout in W/report.md.
 """

@@ -15,11 +15,11 @@ Sweep:     shortcut A/B/C/none at ResNet-56 with the He et al. 2015 CIFAR recipe
            schedule.
            :quick is ResNet-20 on 4,096 training images for
            2 epochs at batch 32 (256 steps), one test evaluation at the end.
-Expected:  Table 3 (ImageNet, ResNet-34, top-1 10-crop error): plain 28.54%, A 25.03%,
-           B 24.52%, C 24.19%. On CIFAR-10 at depth 56: A, B and C within a few tenths of
-           each other near 7% (Table 6: ResNet-56-A 6.97%); plain clearly worse.
-           :quick measured test error A 64.2%, B 62.0%, C 62.6%, none 66.9% (one seed;
-           use :quick,seeds=3 before reading anything into the A/B/C order).
+Expected:  He et al. 2015 Table 3, ImageNet validation top-1 error, 10-crop testing, single
+           runs: plain-34 28.54%, ResNet-34 A 25.03%, B 24.52%, C 24.19%. The paper has no
+           A/B/C comparison on CIFAR-10 (Table 6: ResNet-56 with option A, 6.97%, a single
+           run, per-pixel mean, pad-crop-flip).
+           :quick is a plumbing check; its errors show nothing about the options.
 Time:      :quick 2.5 min on an idle 2-core CPU; full: 4 runs of 64k iterations.
 Output:    W/shortcuts.png (error and parameters per option) and its table in W/report.md.
 """

@@ -14,11 +14,13 @@ Sweep:     depth 16/22/28/40 x width 1/2/4/8/10 (20 nets) with the recipe of con
            50,000 training images for 3 epochs with configs/resnet_cifar.py:cpu's schedule.
            :quick is depth 10/16 x width 1/2 on 4,096 training images for 2 epochs
            at batch 32 (256 steps).
-Expected:  CIFAR-10 test error (paper, no dropout): WRN-40-4 4.97% (8.9M params), WRN-16-8
-           4.81% (11.0M), WRN-28-10 4.17% (36.5M); at equal parameters wider-shallower
-           nets are as good or better and faster per epoch.
-           :quick measured WRN-10-1 59.3%, 10-2 57.7%, 16-1 59.9%, 16-2 57.2% test error:
-           widening helps more than deepening at this scale too.
+Expected:  CIFAR-10 test error, no dropout, median of 5 runs, mean/std preprocessing (Table 5):
+           WRN-40-4 4.53% (8.9M params), WRN-16-8 4.27% (11.0M), WRN-28-10 4.00% (36.5M);
+           Table 4 (ZCA whitening, statistic not stated): WRN-40-1 6.85% (0.6M), WRN-40-2
+           5.33% (2.2M), WRN-40-4 4.97%, WRN-16-8 4.81%, WRN-28-10 4.17%. At similar
+           parameter counts the wider, shallower nets are as good or better, and faster per
+           epoch on a GPU (Sec. 3, Fig. 4).
+           :quick is a plumbing check; its errors (near 60%) show nothing about width.
 Time:      :quick 2 min on an idle 2-core CPU; full: 20 runs of 200 epochs (WRN-28-10
            alone is ~78k steps).
 Output:    W/wrn_error_vs_params.png, W/wrn_error_vs_time.png, W/wrn_error_vs_width.png and
