@@ -32,6 +32,7 @@ _ours = layers.conv_general_dilated
 
 def _without_matmul(lhs, rhs, strides, padding, **kwargs):
   """Every conv the explicit-backward XLA conv, none a matmul."""
+  (rhs,) = layers._as_varying_like(lhs, rhs)  # as layers.conv_general_dilated does
   return layers._canonical_conv(lhs, rhs, tuple(strides), tuple(map(tuple, padding)))
 
 
