@@ -71,14 +71,6 @@ def default_workdir(config_path: str, variant: str, overrides: dict) -> str:
   return os.path.join('runs', '_'.join(parts))
 
 
-def _user_errors() -> tuple[type[Exception], ...]:
-  """Errors caused by a bad config, path, file or workdir: shown as one line, no traceback."""
-  from resnet_jax import checkpoint, datasets
-  from resnet_jax.cpu_settings import CpuSettingsError
-  from resnet_jax.presets import ConfigError
-  return (ConfigError, datasets.DatasetError, checkpoint.RunError, CpuSettingsError)
-
-
 def _honour_num_epochs(config, overrides) -> str | None:
   """Makes a --config.num_epochs override count where the config sets num_train_steps.
 
@@ -88,7 +80,7 @@ def _honour_num_epochs(config, overrides) -> str | None:
   new length in epochs, so 2 epochs keep the recipe's shape. Returns the line that says
   so; both overrides at once are a ConfigError naming the one that wins.
   """
-  from resnet_jax.presets import ConfigError
+  from resnet_jax.errors import ConfigError
   if 'num_epochs' not in overrides or config.num_train_steps <= 0:
     return None
   if 'num_train_steps' in overrides:
@@ -119,9 +111,10 @@ def main(argv):
     config.keys()  # a file that failed to load surfaces here, on first use
   except OSError as error:  # --config names a file that cannot be loaded
     _config_file_error(error)
+  from resnet_jax.errors import ResnetJaxError
   try:
     _run(config)
-  except _user_errors() as error:
+  except ResnetJaxError as error:  # a bad config, path, file or workdir: one line
     sys.exit(f'error: {error}')
   except KeyboardInterrupt:  # Ctrl-C before training started: nothing to save
     print('interrupted', file=sys.stderr)

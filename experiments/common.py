@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from resnet_jax import report, sweep
-from resnet_jax.presets import ConfigError
+from resnet_jax.errors import ConfigError
 
 # Quick mode: minutes per experiment on a 2-core CPU, on a fixed subset of the real training
 # split (the full test split is kept, so errors are comparable across runs). Batches of 32

@@ -10,7 +10,7 @@ import functools
 
 import numpy as np
 
-from resnet_jax.dataset_types import DatasetError
+from resnet_jax.errors import DatasetError
 
 
 @functools.lru_cache(maxsize=4)

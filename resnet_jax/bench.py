@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from resnet_jax import layers, optim, parallel, presets, train
+from resnet_jax.errors import ConfigError
 from resnet_jax.parallel import DATA_AXIS
 
 DEFAULT_WARMUP_STEPS = 2
@@ -200,7 +201,7 @@ def measure(config) -> dict[str, Any]:
   warmup = int(config.get('bench_warmup_steps', DEFAULT_WARMUP_STEPS))
   steps = int(config.get('bench_steps', DEFAULT_STEPS))
   if steps < 1 or warmup < 0:
-    raise presets.ConfigError(f'bench_steps={steps} must be >= 1 and bench_warmup_steps='
+    raise ConfigError(f'bench_steps={steps} must be >= 1 and bench_warmup_steps='
                               f'{warmup} >= 0')
 
   _, step, state = build_step(config, mesh, classes)

@@ -12,7 +12,7 @@ from typing import Any
 import ml_collections
 
 from resnet_jax import imagenet, metrics, presets, preprocessing
-from resnet_jax.presets import ConfigError
+from resnet_jax.errors import ConfigError
 
 LR_SCHEDULES = ('step', 'cosine', 'constant')
 PAD_MODES = ('mean', 'black', 'reflect')

@@ -50,6 +50,7 @@ import ml_collections
 import numpy as np
 
 from resnet_jax import presets
+from resnet_jax.errors import ConfigError, ConversionError
 
 METADATA_FILE = 'model.json'
 VARIABLES_DIR = 'variables'
@@ -58,10 +59,6 @@ DROPPED_SUFFIX = '.num_batches_tracked'  # BN's step counter: no meaning in eval
 CHECKPOINT_WRAPPERS = ('state_dict', 'model')  # full training checkpoints nest the weights
 HEAD_WEIGHT = 'fc.weight'
 _MAX_NAMED = 8  # tensors named per kind of problem; the rest are counted
-
-
-class ConversionError(ValueError):
-  """The weights do not fit the architecture; the one-line message names each tensor."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -402,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     state_dict = read_state_dict(args.weights)
     config, num_classes, variables = convert_state_dict(state_dict, args.arch,
                                                         args.num_classes)
-  except (ConversionError, presets.ConfigError, FileNotFoundError, ImportError) as error:
+  except (ConversionError, ConfigError, FileNotFoundError, ImportError) as error:
     print(f'error: {error}', file=sys.stderr)
     return 1
   try:

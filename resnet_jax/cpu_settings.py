@@ -35,6 +35,8 @@ import sys
 import time
 from pathlib import Path
 
+from resnet_jax.errors import CpuSettingsError
+
 ENV = 'RESNET_JAX_CPU_SETTINGS'
 SETTINGS_FILE_PREFIX = 'xla_cpu_settings'
 
@@ -66,10 +68,6 @@ def compiler_options(options: dict[str, str]) -> dict[str, str]:
   names in full (LIBRARY_FUSION_TYPE_REDUCE) where XLA_FLAGS takes 'reduce'."""
   return {name: ','.join(f'LIBRARY_FUSION_TYPE_{item.upper()}' for item in value.split(',') if item)
           for name, value in options.items()}
-
-
-class CpuSettingsError(ValueError):
-  """A bad RESNET_JAX_CPU_SETTINGS value; one line naming the allowed ones."""
 
 
 # ----------------------------------------------------------------------------- processor

@@ -19,7 +19,8 @@ import zlib
 import numpy as np
 from PIL import Image
 
-from resnet_jax.dataset_types import ArraySplit, DatasetError, DecodedCopy
+from resnet_jax.dataset_types import ArraySplit, DecodedCopy
+from resnet_jax.errors import DatasetError
 
 ACCEPTED_FORMATS = (
     'a CIFAR python or binary tarball (or its extracted directory), a directory'

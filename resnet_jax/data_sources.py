@@ -16,7 +16,8 @@ import urllib.request
 import numpy as np
 
 from resnet_jax import data_formats, dataset_config
-from resnet_jax.dataset_types import ArraySplit, DatasetError, DecodedCopy, Source
+from resnet_jax.dataset_types import ArraySplit, DecodedCopy, Source
+from resnet_jax.errors import DatasetError
 
 
 def default_tfds_data_dir() -> Path:

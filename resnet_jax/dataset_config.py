@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from resnet_jax.dataset_types import DatasetError
+from resnet_jax.errors import DatasetError
 
 IN_MEMORY = ('cifar10', 'cifar100', 'svhn_cropped', 'synthetic', 'folder')
 STREAMED = ('imagenet2012',)

@@ -1,4 +1,4 @@
-"""The types every dataset module shares: the user-facing error and decoded arrays.
+"""The types every dataset module shares: decoded arrays and their sources.
 
 They live apart from resnet_jax.datasets so that the format parsers, the
 sources and the cache can use them without importing the public API, which
@@ -9,13 +9,6 @@ from collections.abc import Callable
 import dataclasses
 
 import numpy as np
-
-
-class DatasetError(ValueError):
-  """A dataset problem the user can fix; the message is one line naming the fix."""
-
-  def __init__(self, message: str):
-    super().__init__(' '.join(str(message).split()))
 
 
 @dataclasses.dataclass(frozen=True)

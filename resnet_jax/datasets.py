@@ -35,7 +35,8 @@ import numpy as np
 from resnet_jax import data_cache, data_formats, data_sources, dataset_config, preprocessing
 from resnet_jax.batching import epoch_permutation, eval_batches, train_batch_indices
 from resnet_jax.dataset_config import IN_MEMORY, STREAMED
-from resnet_jax.dataset_types import ArraySplit, DatasetError, DecodedCopy, Source
+from resnet_jax.dataset_types import ArraySplit, DecodedCopy, Source
+from resnet_jax.errors import DatasetError
 from resnet_jax.imagenet import (IMAGENET_MEAN, IMAGENET_STD, center_crop_box, eval_transform,
                                  imagenet_split_sizes, imagenet_stream,
                                  random_resized_crop_box, train_transform)

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from resnet_jax import batching, data_sources, dataset_config
-from resnet_jax.dataset_types import DatasetError
+from resnet_jax.errors import DatasetError
 
 _IMAGENET_SPLITS = {'train': 'train', 'validation': 'validation',
                     'test': 'validation', 'eval': 'validation'}

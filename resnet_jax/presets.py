@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from resnet_jax import models
+from resnet_jax.errors import ConfigError
 
 FAMILIES = ('cifar', 'wrn', 'imagenet')
 IMAGENET_STAGES = {
@@ -34,10 +35,6 @@ IMAGENET_STAGES = {
     152: ('bottleneck', (3, 8, 36, 3)),
     200: ('bottleneck', (3, 24, 36, 3)),
 }
-
-
-class ConfigError(ValueError):
-  """A config value that cannot work; the message is one line naming the allowed values."""
 
 
 def default_model_config() -> ml_collections.ConfigDict:

@@ -48,7 +48,7 @@ from typing import Any, Callable, Iterable, Sequence
 import ml_collections
 
 from resnet_jax import compilation_cache, report
-from resnet_jax.presets import ConfigError
+from resnet_jax.errors import ConfigError, SweepError, TrainingDiverged
 
 RESULTS_FILE = 'results.json'
 DIVERGED_FILE = 'diverged.json'
@@ -60,10 +60,6 @@ _MAX_NAME = 120
 _SAFE = re.compile(r'[^A-Za-z0-9._=,+-]')
 
 Point = dict  # {config path: value}
-
-
-class SweepError(ConfigError):
-  """A sweep spec that cannot run; one line naming the problem, raised before any training."""
 
 
 # ----------------------------------------------------------------------------- spec
@@ -405,7 +401,7 @@ def run_single(run: Run, run_point: Callable | None = None) -> dict[str, Any]:
     metrics.write_config_record(run.workdir, run.config)
   try:
     return runner(run.config, run.workdir)
-  except train.TrainingDiverged as error:
+  except TrainingDiverged as error:
     record_divergence(run, error)
     print(f'  {run.name}: diverged ({error})', flush=True)
     return {'diverged': True}

@@ -38,7 +38,7 @@ from jax.sharding import PartitionSpec as P
 from resnet_jax import checkpoint, datasets, input_pipeline, metrics, optim, parallel, presets
 from resnet_jax import sweep, train
 from resnet_jax.parallel import DATA_AXIS
-from resnet_jax.presets import ConfigError
+from resnet_jax.errors import ConfigError
 
 
 def _same_dataset(a: datasets.InMemoryDataset, b: datasets.InMemoryDataset) -> bool:

@@ -37,15 +37,7 @@ from resnet_jax import augment, checkpoint, datasets, input_pipeline, metrics, o
 from resnet_jax import config as config_lib
 from resnet_jax import models, presets
 from resnet_jax.parallel import DATA_AXIS
-from resnet_jax.presets import ConfigError
-
-
-class TrainingDiverged(checkpoint.RunError):
-  """A measured value became NaN or Inf; the last good checkpoint is left untouched."""
-
-
-class ConfigChanged(checkpoint.RunError):
-  """A resume whose config differs from the run's record in a key that may not change."""
+from resnet_jax.errors import ConfigChanged, ConfigError, TrainingDiverged, WorkdirError
 
 
 @flax.struct.dataclass
@@ -499,11 +491,11 @@ def _prepare_workdir(workdir) -> Path:
   """The workdir, created; a file or an unwritable path is a one-line WorkdirError."""
   workdir = Path(workdir)
   if workdir.exists() and not workdir.is_dir():
-    raise checkpoint.WorkdirError(f'--workdir {workdir} is a file; give a folder')
+    raise WorkdirError(f'--workdir {workdir} is a file; give a folder')
   try:
     workdir.mkdir(parents=True, exist_ok=True)
   except OSError as error:
-    raise checkpoint.WorkdirError(f'cannot create --workdir {workdir} ({error.strerror}); give '
+    raise WorkdirError(f'cannot create --workdir {workdir} ({error.strerror}); give '
                                   'a writable folder') from None
   return workdir
 
@@ -586,7 +578,7 @@ def _one_line_failure(error: Exception, workdir: Path) -> Exception | None:
   resume = (f'a rerun resumes from checkpoint step {newest}' if newest is not None
             else 'no checkpoint was written')
   if (written := checkpoint.disk_full(error)) is not None:
-    return checkpoint.WorkdirError(
+    return WorkdirError(
         f'no space left on device writing {written or workdir}; free space and rerun the same '
         f'command: {resume}, the newest complete one')
   if _out_of_memory(error):

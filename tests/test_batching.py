@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from resnet_jax import batching
-from resnet_jax.dataset_types import DatasetError
+from resnet_jax.errors import DatasetError
 
 from tiny_datasets import assert_one_line
 

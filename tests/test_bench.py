@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from resnet_jax import bench, config as config_lib, presets
+from resnet_jax import bench, config as config_lib, errors, presets
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUIRED_KEYS = {'img_per_s', 'step_time_s', 'compile_s', 'peak_memory_bytes', 'flops_per_step',
@@ -80,5 +80,5 @@ def test_published_peaks_pick_the_compute_dtype():
 def test_a_bad_step_count_is_a_config_error():
   config = config_lib.default_config()
   config.bench_steps = 0
-  with pytest.raises(presets.ConfigError, match='bench_steps'):
+  with pytest.raises(errors.ConfigError, match='bench_steps'):
     bench.measure(config)

@@ -13,8 +13,8 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from resnet_jax import data_formats, datasets
-from resnet_jax.dataset_types import DatasetError
+from resnet_jax import data_formats, datasets, errors
+from resnet_jax.errors import DatasetError
 
 from tiny_datasets import (  # noqa: F401 - fixtures are used by name
     CIFAR10_CLASSES, assert_one_line, cifar10_binary_files,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from resnet_jax import data_sources, datasets
-from resnet_jax.dataset_types import DatasetError
+from resnet_jax.errors import DatasetError
 
 from tiny_datasets import (  # noqa: F401 - fixtures are used by name
     assert_one_line, cifar10_binary_files, config, fake_tfds_data_dir,

@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from resnet_jax import batching, data_formats, dataset_config, dataset_types, datasets
+from resnet_jax import batching, data_formats, dataset_config, dataset_types, datasets, errors
 from resnet_jax import imagenet
-from resnet_jax.datasets import DatasetError
+from resnet_jax.errors import DatasetError
 
 from tiny_datasets import (  # noqa: F401 - fixtures are used by name
     assert_one_line, cifar10_python_files, cifar10_tarball, config,
@@ -20,7 +20,7 @@ from tiny_datasets import (  # noqa: F401 - fixtures are used by name
 
 
 @pytest.mark.parametrize('module, names', [
-    (dataset_types, ('DatasetError', 'ArraySplit')),
+    (dataset_types, ('ArraySplit',)),
     (dataset_config, ('IN_MEMORY', 'STREAMED')),
     (batching, ('epoch_permutation', 'train_batch_indices', 'eval_batches')),
     (imagenet, ('imagenet_stream', 'imagenet_split_sizes', 'IMAGENET_MEAN', 'IMAGENET_STD',

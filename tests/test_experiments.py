@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from resnet_jax import presets, sweep
-from resnet_jax.presets import ConfigError
+from resnet_jax.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 CIFAR = Path(__file__).resolve().parents[2] / 'shared/data/cifar10-jpg.tar.gz'
@@ -146,7 +146,7 @@ def test_identity_sweeps_the_nets_of_fig_7():
 def test_per_block_measurements_refuse_scanned_stages_in_one_line(name):
   config = experiment(name).get_config('quick')
   config.model.scan_blocks = True
-  with pytest.raises(presets.ConfigError, match='scan_blocks=false'):
+  with pytest.raises(ConfigError, match='scan_blocks=false'):
     if name == 'identity':
       experiment(name).layer_responses(config, {}, None, 10)
     else:

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from resnet_jax import convert, models, presets, train
+from resnet_jax import convert, errors, models, presets, train
 from test_train import tiny_config
 
 
@@ -76,5 +76,5 @@ def test_full_fine_tuning_updates_weights_and_statistics(tmp_path, pretrained):
 def test_weights_of_another_architecture_are_refused_with_a_clear_error(tmp_path, pretrained):
   directory, _ = pretrained
   config = tiny_config(init_from=str(directory))  # a ResNet-8, not the ResNet-18 saved
-  with pytest.raises(presets.ConfigError, match='init_from holds a resnet18'):
+  with pytest.raises(errors.ConfigError, match='init_from holds a resnet18'):
     train.train_and_evaluate(config, tmp_path)

@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from resnet_jax import models, presets
+from resnet_jax import errors, models, presets
 
 
 def build(name, num_classes=10, **overrides):
@@ -493,18 +493,18 @@ def test_impossible_combinations_get_a_one_line_error_naming_the_allowed_values(
                                                                                 message):
   config = presets.default_model_config()
   config.update(overrides)
-  with pytest.raises(presets.ConfigError) as error:
+  with pytest.raises(errors.ConfigError) as error:
     presets.build_model(config, 10)
   assert message in str(error.value)
   assert '\n' not in str(error.value)
 
 
 def test_unknown_preset_and_unknown_model_key_are_rejected():
-  with pytest.raises(presets.ConfigError, match='known:'):
+  with pytest.raises(errors.ConfigError, match='known:'):
     presets.preset('resnet21')
   config = presets.default_model_config().to_dict()
   config['dept'] = 20
-  with pytest.raises(presets.ConfigError, match='dept'):
+  with pytest.raises(errors.ConfigError, match='dept'):
     presets.architecture(config)
 
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from resnet_jax import config as config_lib
 from resnet_jax import presets, sweep, sweep_batched, train
-from resnet_jax.sweep import SweepError
+from resnet_jax.errors import SweepError
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -16,8 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnet_jax import checkpoint, config as config_lib, metrics, optim, parallel, preprocessing
-from resnet_jax import presets, train
+from resnet_jax import checkpoint, config as config_lib, errors, metrics, optim, parallel
+from resnet_jax import preprocessing, presets, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -376,7 +376,7 @@ def test_a_diverging_run_saves_nothing_after_it_and_a_rerun_resumes_from_a_good_
   diverging = dict(learning_rate=0.01, lr_schedule='step', lr_boundaries_steps=(4,),
                    lr_decay_factor=1e30, log_every_steps=1, checkpoint_every_steps=2,
                    keep_checkpoints=1, num_train_steps=8)
-  with pytest.raises(train.TrainingDiverged) as error:
+  with pytest.raises(errors.TrainingDiverged) as error:
     train.train_and_evaluate(tiny_config(**diverging), tmp_path)
   message = str(error.value)
   assert 'training diverged; the last good checkpoint is step 2, where a rerun resumes' in message
@@ -397,7 +397,7 @@ def test_a_diverging_run_saves_nothing_after_it_and_a_rerun_resumes_from_a_good_
 
 
 def test_batch_size_must_split_evenly_over_the_devices(tmp_path):
-  with pytest.raises(presets.ConfigError, match='not divisible by the 8 devices'):
+  with pytest.raises(errors.ConfigError, match='not divisible by the 8 devices'):
     train.train_and_evaluate(tiny_config(batch_size=30), tmp_path)
 
 
@@ -444,7 +444,7 @@ def test_a_workdir_that_is_a_file_or_inside_one_is_a_one_line_error(tmp_path):
   a_file = tmp_path / 'results.txt'
   a_file.write_text('not a folder')
   for workdir, message in ((a_file, 'is a file'), (a_file / 'run', 'cannot create')):
-    with pytest.raises(checkpoint.WorkdirError, match=message) as error:
+    with pytest.raises(errors.WorkdirError, match=message) as error:
       train.train_and_evaluate(tiny_config(), workdir)
     assert '\n' not in str(error.value)
 
@@ -456,7 +456,7 @@ def test_an_eval_batch_that_does_not_fit_stops_before_training(tmp_path, monkeyp
           'RESOURCE_EXHAUSTED: Out of memory while trying to allocate 81920000000 bytes.')
     return run
   monkeypatch.setattr(train, 'make_eval_step', out_of_memory)
-  with pytest.raises(presets.ConfigError, match='eval_batch_size=64 does not fit in device '
+  with pytest.raises(errors.ConfigError, match='eval_batch_size=64 does not fit in device '
                      'memory .*; lower eval_batch_size'):
     train.train_and_evaluate(tiny_config(), tmp_path)
   assert not (tmp_path / 'metrics.jsonl').exists()
@@ -473,7 +473,7 @@ def test_a_full_disk_during_a_save_is_one_line_and_the_earlier_checkpoint_resume
     return real_save(self, step, *args, **kwargs)
 
   monkeypatch.setattr(checkpoint.Checkpointer, 'save', save_until_the_disk_is_full)
-  with pytest.raises(checkpoint.WorkdirError) as error:
+  with pytest.raises(errors.WorkdirError) as error:
     train.train_and_evaluate(tiny_config(), tmp_path)
   assert str(error.value).startswith('no space left on device writing ')
   assert 'free space and rerun the same command: a rerun resumes from checkpoint step 4' in \
@@ -580,9 +580,9 @@ def test_a_resume_with_another_network_is_refused_in_one_line_and_writes_nothing
 def test_without_a_record_other_parameter_shapes_are_still_one_line(tmp_path, reference_run):
   workdir = copy_of(reference_run, tmp_path / 'run', keep_steps={4})
   (workdir / 'config.json').unlink()
-  with pytest.raises(checkpoint.CheckpointMismatch, match='holds a different state') as error:
+  with pytest.raises(errors.CheckpointMismatch, match='holds a different state') as error:
     train.train_and_evaluate(tiny_config(**{'model.width': 2}), workdir)
-  assert isinstance(error.value, checkpoint.RunError) and '\n' not in str(error.value)
+  assert isinstance(error.value, errors.RunError) and '\n' not in str(error.value)
 
 
 def test_init_from_takes_a_trained_run_and_gives_it_a_new_head(tmp_path, reference_run):
@@ -677,6 +677,6 @@ def test_bad_config_values_get_a_one_line_error_and_nothing_runs(tmp_path):
       'augment.scale_range': (480, 256)}, '<= low <= high'),
     ({'augment.pca_noise': -0.1}, 'augment.pca_noise=-0.1 must be >= 0')])
 def test_bad_data_and_augment_keys_get_a_one_line_error(overrides, message):
-  with pytest.raises(presets.ConfigError) as error:
+  with pytest.raises(errors.ConfigError) as error:
     config_lib.validate(tiny_config(**overrides))
   assert '\n' not in str(error.value) and message in str(error.value), str(error.value)
