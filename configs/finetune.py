@@ -20,13 +20,13 @@ Time:      dominated by the 224 px forward/backward; see README for measured thr
 """
 
 from resnet_jax import config as config_lib
-from resnet_jax import presets
+from resnet_jax.model import preset
 
 
 def get_config(arg=None):
   variants = config_lib.variants(arg, ('linear_probe', 'frozen_bn', 'quick'))
   config = config_lib.default_config()
-  config.model = presets.preset('resnet50')
+  config.model = preset('resnet50')
   config.dataset.normalization = 'imagenet'
   config.augment.resize_to = 224
   config.batch_size = 64
@@ -46,7 +46,7 @@ def get_config(arg=None):
   if 'frozen_bn' in variants:
     config.finetune_mode = 'frozen_bn'
   if 'quick' in variants:
-    config.model = presets.preset('resnet18')
+    config.model = preset('resnet18')
     config.dataset.max_train_examples = 2_000
     config.augment.resize_to = 64
     config.num_epochs = 1

@@ -26,7 +26,7 @@ Time:      :quick 1 min 10 s on a 2-core CPU (403 img/s, measured);
 """
 
 from resnet_jax import config as config_lib
-from resnet_jax import presets
+from resnet_jax.model import preset
 
 HE2016_WARMUP_STEPS = 400  # lr 0.01 for the first 400 iterations, every CIFAR run
 
@@ -34,7 +34,7 @@ HE2016_WARMUP_STEPS = 400  # lr 0.01 for the first 400 iterations, every CIFAR r
 def get_config(arg=None):
   variants = config_lib.variants(arg, ('quick',))
   config = config_lib.default_config()
-  config.model = presets.preset('preact_resnet164')
+  config.model = preset('preact_resnet164')
   config_lib.he_et_al_cifar_recipe(config, quick='quick' in variants)
   if 'quick' in variants:
     config.model.depth = 20

@@ -26,13 +26,13 @@ Time:      :quick 1 min 16 s on a 2-core CPU (399 img/s, measured); the full rec
 """
 
 from resnet_jax import config as config_lib
-from resnet_jax import presets
+from resnet_jax.model import preset
 
 
 def get_config(arg=None):
   variants = config_lib.variants(arg, ('quick', 'cpu'))
   config = config_lib.default_config()
-  config.model = presets.preset('resnet20')
+  config.model = preset('resnet20')
   config_lib.he_et_al_cifar_recipe(config, quick='quick' in variants)
   if 'cpu' in variants:
     config_lib.short_cpu_recipe(config, epochs=30)

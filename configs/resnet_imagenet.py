@@ -31,13 +31,13 @@ Time:      not measured on ImageNet; input decoding dominates (see README for st
 """
 
 from resnet_jax import config as config_lib
-from resnet_jax import presets
+from resnet_jax.model import preset
 
 
 def get_config(arg=None):
   variants = config_lib.variants(arg, ('he2015', 'quick'))
   config = config_lib.default_config()
-  config.model = presets.preset('resnet50')
+  config.model = preset('resnet50')
   config.dataset.name = 'imagenet2012'
   config.dataset.image_size = 224
   config.dataset.normalization = 'imagenet'
@@ -63,7 +63,7 @@ def get_config(arg=None):
     config.augment.eval_crops = 10
     config.eval_batch_size = 100  # examples: each is 10 crops through the network
   if 'quick' in variants:
-    config.model = presets.preset('resnet18')
+    config.model = preset('resnet18')
     config.dataset.name = 'synthetic'
     config.dataset.num_classes = 10
     config.dataset.image_size = 64

@@ -16,7 +16,7 @@ Recipe:    as the authors' Lua code that produced the paper's mean/std tables
            119 and 159 full epochs; the committed log shows epoch 59 at 0.1 and 60 at 0.02),
            and the momentum buffer reset at each drop; 4-pixel reflection pad, 32x32 crop,
            flip, per-channel mean/std; He-normal fan-in convolutions and BN scales drawn from
-           U(0, 1) (model presets, resnet_jax/presets.py).
+           U(0, 1) (model presets, resnet_jax/model/presets.py).
 Expected:  CIFAR-10 / CIFAR-100 test error, median of 5 runs, mean/std preprocessing, flip and
            translation: WRN-28-10 4.00% / 19.25% (Tables 5 and 6), with dropout 3.89% /
            18.85% (Table 6); WRN-40-4 4.53% / 21.18%, WRN-16-8 4.27% / 20.43% (Table 5).
@@ -30,13 +30,13 @@ Time:      :quick 1 min 27 s on a 2-core CPU (209 img/s, measured). The full run
 """
 
 from resnet_jax import config as config_lib
-from resnet_jax import presets
+from resnet_jax.model import preset
 
 
 def get_config(arg=None):
   variants = config_lib.variants(arg, ('dropout', 'zca', 'quick'))
   config = config_lib.default_config()
-  config.model = presets.preset('wrn_28_10')
+  config.model = preset('wrn_28_10')
   config.batch_size = 128
   config.num_epochs = 200
   config.learning_rate = 0.1

@@ -77,8 +77,8 @@ def shortcut_depth_sweep(options: dict[str, Any], shortcuts: Sequence[str],
 def block_names(model_config, experiment: str) -> list[str]:
   """'stage1_block0', ... from the input to the output; the per-block measurements read
   blocks by these names, which a scanned stage does not have."""
-  from resnet_jax import presets  # pylint: disable=g-import-not-at-top
-  arch = presets.architecture(model_config)
+  from resnet_jax.model import architecture  # pylint: disable=g-import-not-at-top
+  arch = architecture(model_config)
   if arch['scan_blocks']:
     raise ConfigError(f'{experiment} reads every block by name; run it with '
                       '--config.model.scan_blocks=false')

@@ -99,12 +99,13 @@ def make_gradient_fn(model, num_classes: int, block_names: list[str]):
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from resnet_jax import models, train  # pylint: disable=g-import-not-at-top
+  from resnet_jax import train  # pylint: disable=g-import-not-at-top
+  from resnet_jax.model import ResidualBlock  # pylint: disable=g-import-not-at-top
 
   def loss_fn(params, perturbations, batch_stats, images, labels):
     def add_perturbation(next_fun, args, kwargs, context):
       out = next_fun(*args, **kwargs)
-      if isinstance(context.module, models.ResidualBlock) and context.method_name == '__call__':
+      if isinstance(context.module, ResidualBlock) and context.method_name == '__call__':
         out = out + perturbations[context.module.name]
       return out
 
@@ -117,7 +118,7 @@ def make_gradient_fn(model, num_classes: int, block_names: list[str]):
     def shapes():
       _, state = model.apply({'params': params, 'batch_stats': batch_stats}, images, train=False,
                              capture_intermediates=lambda m, name: isinstance(
-                                 m, models.ResidualBlock), mutable=['intermediates'])
+                                 m, ResidualBlock), mutable=['intermediates'])
       return {name: state['intermediates'][name]['__call__'][0] for name in block_names}
 
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(shapes))
@@ -133,7 +134,8 @@ def run_point(config, workdir) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
-  from resnet_jax import augment, datasets, optim, presets  # pylint: disable=g-import-not-at-top
+  from resnet_jax import augment, datasets, optim  # pylint: disable=g-import-not-at-top
+  from resnet_jax.model import build_model, model_name  # pylint: disable=g-import-not-at-top
 
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
@@ -142,7 +144,7 @@ def run_point(config, workdir) -> dict:
   num_train = len(dataset.train.labels)
   total_steps = config.num_train_steps
   steps_per_epoch = max(1, num_train // config.batch_size)
-  model = presets.build_model(config.model, dataset.num_classes)
+  model = build_model(config.model, dataset.num_classes)
   tx = optim.create_optimizer(config, steps_per_epoch, total_steps)
   init_key, _ = jax.random.split(jax.random.PRNGKey(config.seed))  # as train.create_train_state
   size = config.dataset.image_size
@@ -184,7 +186,7 @@ def run_point(config, workdir) -> dict:
   common.write_json(workdir / GRADIENTS_FILE,
                     {'blocks': block_names, 'convs': convs, 'records': records})
   first = records[0]['block_grad_norm']
-  results = {'model': presets.model_name(config.model), 'step': total_steps,
+  results = {'model': model_name(config.model), 'step': total_steps,
              'loss_at_init': records[0]['loss'], 'loss_at_end': records[-1]['loss'],
              'block_grad_ratio_at_init': first_to_last(records[0]),
              'stem_grad_norm_at_init': records[0]['conv_grad_norm'][0],

@@ -12,7 +12,7 @@ uint8 images shaped like the config's dataset; nothing is read from disk. Printe
 * peak memory: the device allocator's peak on GPU/TPU; on CPU the process's peak RSS;
 * FLOPs per step from XLA's cost analysis (a multiply-add counts 2). Under `shard_map` the
   program is one device's share, so it is multiplied by the device count. On CPU, where
-  `layers` runs small-map convolutions as matmuls that also multiply their zero padding,
+  `model.cpu_ops` runs small-map convolutions as matmuls that also multiply their zero padding,
   the model's count comes from the same step traced with XLA convolutions
   (`executed_flops_per_step` is the compiled program's own count);
 * MFU = achieved FLOP/s / peak FLOP/s. Accelerators: the published dense peak of the
@@ -35,7 +35,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from resnet_jax import layers, optim, parallel, presets, train
+from resnet_jax import optim, parallel, train
+from resnet_jax.model import build_model, model_name, plain_xla
 from resnet_jax.errors import ConfigError
 from resnet_jax.parallel import DATA_AXIS
 
@@ -161,8 +162,8 @@ def build_step(config, mesh, classes: int, *, abstract_state: bool = False):
   With `abstract_state`, the state is only its shapes (nothing is initialised), enough to
   lower the step.
   """
-  model = presets.build_model(config.model, classes, half_precision=config.half_precision,
-                              bn_axis_name=DATA_AXIS if config.sync_batch_stats else None)
+  model = build_model(config.model, classes, half_precision=config.half_precision,
+                      bn_axis_name=DATA_AXIS if config.sync_batch_stats else None)
   steps_per_epoch, total_steps = 1000, 100_000  # only the schedule's shape depends on them
   tx = optim.create_optimizer(config, steps_per_epoch, total_steps)
   multiplier = optim.lr_multiplier(config, steps_per_epoch, total_steps)
@@ -182,13 +183,13 @@ def model_flops(config, mesh, classes: int, arrays, batch) -> float:
   """The train step's FLOPs as XLA counts them on the unrolled network with XLA convolutions.
 
   XLA counts a scanned stage's loop body once, and the matmul form of small-map
-  convolutions (layers.py, on CPU) multiplies their zero padding too; so the step is
+  convolutions (model/cpu_ops.py, on CPU) multiplies their zero padding too; so the step is
   traced again without either, and lowered only. One device's program x devices.
   """
   plain = config.copy_and_resolve_references()
   with plain.unlocked():
     plain.model.scan_blocks = False
-  with layers.plain_xla():
+  with plain_xla():
     _, step, state = build_step(plain, mesh, classes, abstract_state=True)
     return _cost(step.lower(state, arrays, batch)).get('flops', 0.0) * mesh.size
 
@@ -204,7 +205,7 @@ def measure(config) -> dict[str, Any]:
     raise ConfigError(f'bench_steps={steps} must be >= 1 and bench_warmup_steps='
                               f'{warmup} >= 0')
 
-  _, step, state = build_step(config, mesh, classes)
+  model, step, state = build_step(config, mesh, classes)
   arrays, batch = {}, synthetic_batch(config, mesh, classes, config.seed)
 
   start = time.perf_counter()
@@ -227,7 +228,7 @@ def measure(config) -> dict[str, Any]:
   # XLA's cost analysis is of one device's program.
   executed_flops = (_cost(compiled).get('flops', 0.0) or _cost(lowered).get('flops', 0.0))
   executed_flops *= mesh.size
-  if layers.on_cpu() or config.model.get('scan_blocks', False):
+  if model.ops.name == 'cpu' or config.model.get('scan_blocks', False):
     flops_per_step = model_flops(config, mesh, classes, arrays, batch)
   else:
     flops_per_step = executed_flops
@@ -243,7 +244,7 @@ def measure(config) -> dict[str, Any]:
   device = jax.devices()[0]
   achieved = flops_per_step / step_time
   return {
-      'model': presets.model_name(config.model),
+      'model': model_name(config.model),
       'batch_size': config.batch_size,
       'image_size': config.dataset.image_size,
       'dtype': 'bfloat16' if config.half_precision else 'float32',

@@ -11,7 +11,8 @@ from typing import Any
 
 import ml_collections
 
-from resnet_jax import imagenet, metrics, presets, preprocessing
+from resnet_jax import imagenet, metrics, preprocessing
+from resnet_jax.model import architecture, default_model_config
 from resnet_jax.errors import ConfigError
 
 LR_SCHEDULES = ('step', 'cosine', 'constant')
@@ -30,7 +31,7 @@ FINETUNE_MODES = ('full', 'linear_probe', 'frozen_bn')
 
 def default_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
-  config.model = presets.default_model_config()
+  config.model = default_model_config()
 
   config.dataset = ml_collections.ConfigDict(dict(
       name='cifar10',  # cifar10 | cifar100 | svhn_cropped | imagenet2012 | synthetic | folder
@@ -179,7 +180,7 @@ def _check_choice(config, key: str, allowed, prefix: str = '') -> None:
 
 def validate(config) -> None:
   """Raises ConfigError (one line naming the fix) before anything runs."""
-  presets.architecture(config.model)
+  architecture(config.model)
   for key in ('batch_size', 'eval_batch_size', 'log_every_steps', 'checkpoint_every_steps',
               'keep_checkpoints', 'eval_every_epochs'):
     _check_positive(config, key)

@@ -385,10 +385,10 @@ def _write_json(path: Path, value) -> None:
 
 def record_divergence(run: Run, error: Exception) -> None:
   """A diverged run is a result (e.g. too high a learning rate), recorded so reruns skip it."""
-  from resnet_jax import presets  # pylint: disable=g-import-not-at-top
+  from resnet_jax.model import model_name  # pylint: disable=g-import-not-at-top
   run.workdir.mkdir(parents=True, exist_ok=True)
   _write_json(run.workdir / DIVERGED_FILE,
-              {'model': presets.model_name(run.config.model), 'diverged': True,
+              {'model': model_name(run.config.model), 'diverged': True,
                'message': str(error)})
 
 
@@ -580,7 +580,7 @@ def _architecture_summary(config, cache: dict) -> dict[str, Any]:
 
 def collect(runs: Sequence[Run]) -> list[dict[str, Any]]:
   """One row per run: its overrides, params, FLOPs and results (status 'missing' if none)."""
-  from resnet_jax import presets  # pylint: disable=g-import-not-at-top
+  from resnet_jax.model import model_name  # pylint: disable=g-import-not-at-top
   cache: dict = {}
   rows = []
   for run in runs:
@@ -590,7 +590,7 @@ def collect(runs: Sequence[Run]) -> list[dict[str, Any]]:
                                                          'stale' if run.has_results() else
                                                          'missing')
     row = {'name': run.name, **run.overrides,
-           'model': results.get('model', presets.model_name(run.config.model)),
+           'model': results.get('model', model_name(run.config.model)),
            'params': info['params'], 'flops_per_example': info['flops_per_example'],
            'status': status}
     for key in report.RESULT_COLUMNS[4:]:
@@ -617,10 +617,10 @@ def describe(runs: Sequence[Run], groups: Sequence[Sequence[Run]]) -> str:
   group_of = {id(run): index for index, group in enumerate(groups) for run in group}
   for run in runs:
     info = _architecture_summary(run.config, cache)
-    from resnet_jax import presets  # pylint: disable=g-import-not-at-top
+    from resnet_jax.model import model_name  # pylint: disable=g-import-not-at-top
     params = f'{info["params"]:,}' if info['params'] else '?'
     flops = f'{info["flops_per_example"] / 1e9:.3f}' if info['flops_per_example'] else '?'
-    lines.append(f'{run.name:<44} {presets.model_name(run.config.model):<22} {params:>12} '
+    lines.append(f'{run.name:<44} {model_name(run.config.model):<22} {params:>12} '
                  f'{flops:>8} {_status_line(run):>9} {group_of[id(run)]}')
   lines.append(f'{len(runs)} points in {len(groups)} group(s) (a group may be vmapped)')
   return '\n'.join(lines)

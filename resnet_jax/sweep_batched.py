@@ -35,7 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from resnet_jax import checkpoint, datasets, input_pipeline, metrics, optim, parallel, presets
+from resnet_jax import checkpoint, datasets, input_pipeline, metrics, optim, parallel
+from resnet_jax.model import build_model, model_name
 from resnet_jax import sweep, train
 from resnet_jax.parallel import DATA_AXIS
 from resnet_jax.errors import ConfigError
@@ -103,7 +104,7 @@ class _GroupTraining:
         int(config.num_epochs * self.steps_per_epoch)
     self.eval_every = max(1, int(round(config.eval_every_epochs * self.steps_per_epoch)))
 
-    self.model = presets.build_model(
+    self.model = build_model(
         config.model, self.num_classes, half_precision=config.half_precision,
         bn_axis_name=DATA_AXIS if config.sync_batch_stats else None)
     self.multiplier = optim.lr_multiplier(config, self.steps_per_epoch, self.total_steps)
@@ -359,7 +360,7 @@ def measure(runs: Sequence[sweep.Run], steps: int = 3, repeats: int = 1) -> dict
   vmapped = images / float(np.median(vmapped_s))
   return {'backend': jax.default_backend(), 'devices': jax.device_count(),
           'group_size': group_size, 'batch_size': config.batch_size,
-          'model': presets.model_name(config.model), 'separate_img_per_s': separate,
+          'model': model_name(config.model), 'separate_img_per_s': separate,
           'vmapped_img_per_s': vmapped, 'speedup': vmapped / separate}
 
 

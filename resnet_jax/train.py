@@ -35,7 +35,7 @@ from jax.sharding import PartitionSpec as P
 
 from resnet_jax import augment, checkpoint, datasets, input_pipeline, metrics, optim, parallel
 from resnet_jax import config as config_lib
-from resnet_jax import models, presets
+from resnet_jax.model import architecture, build_model, model_name, stack_repeated_blocks, unrolled
 from resnet_jax.parallel import DATA_AXIS
 from resnet_jax.errors import ConfigChanged, ConfigError, TrainingDiverged, WorkdirError
 
@@ -268,13 +268,13 @@ def load_pretrained(state: TrainState, config, mesh) -> TrainState:
   run fine-tuned on CIFAR-100).
   """
   source_model, variables = pretrained_variables(config.init_from)
-  same = lambda model_config: presets.architecture(presets.unrolled(model_config))
+  same = lambda model_config: architecture(unrolled(model_config))
   if same(source_model) != same(config.model):
-    raise ConfigError(f'init_from holds a {presets.model_name(source_model)} but the config '
-                      f'builds a {presets.model_name(config.model)}; set config.model to match')
+    raise ConfigError(f'init_from holds a {model_name(source_model)} but the config '
+                      f'builds a {model_name(config.model)}; set config.model to match')
   source_scanned = source_model.get('scan_blocks', False)
   if config.model.scan_blocks and not source_scanned:
-    variables = {name: models.stack_repeated_blocks(collection)
+    variables = {name: stack_repeated_blocks(collection)
                  for name, collection in variables.items()}
   elif source_scanned and not config.model.scan_blocks:
     raise ConfigError('init_from holds a model trained with scan_blocks=True; set '
@@ -630,8 +630,8 @@ def _train_and_evaluate(config, workdir: Path, preemption: PreemptionFlag) -> di
       int(config.num_epochs * steps_per_epoch)
   eval_every = max(1, int(round(config.eval_every_epochs * steps_per_epoch)))
 
-  model = presets.build_model(config.model, num_classes, half_precision=config.half_precision,
-                              bn_axis_name=DATA_AXIS if config.sync_batch_stats else None)
+  model = build_model(config.model, num_classes, half_precision=config.half_precision,
+                      bn_axis_name=DATA_AXIS if config.sync_batch_stats else None)
   multiplier = optim.lr_multiplier(config, steps_per_epoch, total_steps)
   model_size = config.augment.resize_to or config.dataset.image_size
   probe_mask = _head_only_mask(model, model_size) if config.finetune_mode == 'linear_probe' \
@@ -839,7 +839,7 @@ def final_results(config, step, eval_metrics, train_metrics, workdir, wall_s,
     train_metrics = {k.removeprefix('train/'): v for k, v in last.items()
                      if k.startswith('train/') and v is not None}
   return {
-      'model': presets.model_name(config.model),
+      'model': model_name(config.model),
       'step': step,
       'test_accuracy': accuracy,
       'test_error': 1.0 - accuracy,

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from resnet_jax import bench, config as config_lib, errors, presets
+from resnet_jax import bench, config as config_lib, errors
+from resnet_jax.model import presets
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUIRED_KEYS = {'img_per_s', 'step_time_s', 'compile_s', 'peak_memory_bytes', 'flops_per_step',

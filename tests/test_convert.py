@@ -28,7 +28,8 @@ import jax
 import numpy as np
 import pytest
 
-from resnet_jax import convert, errors, models, presets
+from resnet_jax import convert, errors
+from resnet_jax.model import presets, resnet
 
 TOLERANCE = 1e-4  # max abs logit difference, float32
 
@@ -377,7 +378,7 @@ def test_logits_match_torchvision(converted_torchvision_net, arch, sizes):
 def test_xla_same_padding_would_not_match(converted_torchvision_net, monkeypatch):
   """The trap the equivalence test guards: 'SAME' convolutions drift from torch on even sizes."""
   net, model, variables = converted_torchvision_net('resnet18')
-  monkeypatch.setattr(models, '_symmetric_padding', lambda kernel_size: 'SAME')
+  monkeypatch.setattr(resnet, '_symmetric_padding', lambda kernel_size: 'SAME')
   images_nchw = np.random.default_rng(6).standard_normal((2, 3, 64, 64)).astype(np.float32)
   same_padded = np.asarray(model.apply(variables, images_nchw.transpose(0, 2, 3, 1), train=False))
   assert np.abs(same_padded - torch_logits(net, images_nchw)).max() > 100 * TOLERANCE

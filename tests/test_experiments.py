@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from resnet_jax import presets, sweep
+from resnet_jax import sweep
+from resnet_jax.model import presets
 from resnet_jax.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]

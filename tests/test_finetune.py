@@ -4,7 +4,8 @@ import jax
 import numpy as np
 import pytest
 
-from resnet_jax import convert, errors, models, presets, train
+from resnet_jax import convert, errors, train
+from resnet_jax.model import presets, resnet
 from test_train import tiny_config
 
 
@@ -55,8 +56,8 @@ def test_a_scanned_model_starts_from_unrolled_weights_stacked(tmp_path, pretrain
   directory, source = pretrained
   params, stats = finetune(tmp_path, directory, 'linear_probe', scan_blocks=True)
   assert 'stage2_blocks' in params
-  assert not changed(backbone(params), backbone(models.stack_repeated_blocks(source['params'])))
-  assert not changed(stats, models.stack_repeated_blocks(source['batch_stats']))
+  assert not changed(backbone(params), backbone(resnet.stack_repeated_blocks(source['params'])))
+  assert not changed(stats, resnet.stack_repeated_blocks(source['batch_stats']))
 
 
 def test_frozen_bn_trains_the_weights_but_keeps_the_running_statistics(tmp_path, pretrained):

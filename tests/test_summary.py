@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from resnet_jax import config as config_lib, presets, summary
+from resnet_jax import config as config_lib, summary
+from resnet_jax.model import presets
 
 ROOT = Path(__file__).resolve().parents[1]
 

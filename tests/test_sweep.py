@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from resnet_jax import config as config_lib
-from resnet_jax import presets, sweep, sweep_batched, train
+from resnet_jax import sweep, sweep_batched, train
+from resnet_jax.model import presets
 from resnet_jax.errors import SweepError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from resnet_jax import checkpoint, config as config_lib, errors, metrics, optim, parallel
-from resnet_jax import preprocessing, presets, train
+from resnet_jax import preprocessing, train
+from resnet_jax.model import presets
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -116,7 +117,7 @@ def test_a_train_step_lowers_the_loss_on_a_fixed_batch():
   state, step = make_step(config, mesh)
   arrays, batch = fixed_batch(mesh)
   losses = []
-  # 12 steps: the classifier starts at Torch's U(+-1/sqrt(fan_in)) (models.head_kernel_init),
+  # 12 steps: the classifier starts at Torch's U(+-1/sqrt(fan_in)) (resnet.head_kernel_init),
   # sqrt(3) narrower than Flax's default, and halves this loss at step 12 instead of 8.
   for _ in range(12):
     state, metrics = step(state, arrays, batch)

@@ -1,7 +1,10 @@
 """Named architectures as data, and the one place a model config becomes a `ResNet`.
 
 A model config (`config.model`) holds a handful of keys; `architecture()` checks them
-and turns them into `ResNet` arguments. Adding a named variant is one line in `PRESETS`.
+and turns them into `ResNet` arguments: the net's layout from `NET_KEYS`, and one
+`resnet.BlockConfig` from all the others, the block keys. Adding a named variant is one
+line in `PRESETS`; adding a block option is a key in `default_model_config()`, a field of
+`BlockConfig` and its use in `resnet.ResidualBlock`.
 
 Depth conventions, as each paper counts layers:
 * 'cifar'    (He et al. 2015, Sec. 4.2): depth = 6n+2 (basic) or 9n+2 (bottleneck),
@@ -18,13 +21,15 @@ paper and code, resolved in `architecture()`; an explicit value wins.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax.numpy as jnp
 import ml_collections
 
-from resnet_jax import models
 from resnet_jax.errors import ConfigError
+from resnet_jax.model import cpu_ops, resnet
+from resnet_jax.model.resnet import BlockConfig
 
 FAMILIES = ('cifar', 'wrn', 'imagenet')
 IMAGENET_STAGES = {
@@ -35,6 +40,10 @@ IMAGENET_STAGES = {
     152: ('bottleneck', (3, 8, 36, 3)),
     200: ('bottleneck', (3, 24, 36, 3)),
 }
+
+
+# The keys that shape the net as a whole; every other key is a field of resnet.BlockConfig.
+NET_KEYS = ('family', 'depth', 'scan_blocks', 'remat_blocks')
 
 
 def default_model_config() -> ml_collections.ConfigDict:
@@ -151,21 +160,23 @@ def _shortcut(family: str, block: str, shortcut: str) -> str:
   return 'A' if family == 'cifar' and block == 'basic' else 'B'
 
 
+# The block keys whose 'auto' architecture() resolves from the family and depth.
+_RESOLVED = ('block', 'shortcut', 'bottleneck_stride')
+
+
 def architecture(model_config) -> dict[str, Any]:
   """Checks a model config and returns the matching `ResNet` keyword arguments, with every
-  'auto' resolved (block, shortcut, bottleneck_stride)."""
+  'auto' resolved (block, shortcut, bottleneck_stride) in their `block_config`."""
   cfg = default_model_config()
   unknown = set(model_config.keys()) - set(cfg.keys())
   if unknown:
     raise ConfigError(f'unknown model key(s) {sorted(unknown)}; allowed: {sorted(cfg.keys())}')
   cfg.update(dict(model_config))
   _choice('family', cfg.family, FAMILIES)
-  _choice('block', cfg.block, ('auto',) + models.BLOCKS)
-  _choice('shortcut', cfg.shortcut, ('auto',) + models.SHORTCUTS)
-  _choice('bottleneck_stride', cfg.bottleneck_stride, ('auto',) + models.BOTTLENECK_STRIDES)
-  _choice('norm', cfg.norm, models.NORMS)
-  _choice('conv_init', cfg.conv_init, tuple(models.CONV_INITS))
-  _choice('bn_scale_init', cfg.bn_scale_init, tuple(models.BN_SCALE_INITS))
+  for field in dataclasses.fields(BlockConfig):
+    if 'choices' in field.metadata:
+      auto = ('auto',) if field.name in _RESOLVED else ()
+      _choice(field.name, cfg[field.name], auto + field.metadata['choices'])
   if not isinstance(cfg.width, int) or cfg.width < 1:
     raise ConfigError(f'model.width={cfg.width!r} is not valid: the width factor k must be an '
                       'integer >= 1')
@@ -188,16 +199,16 @@ def architecture(model_config) -> dict[str, Any]:
   bottleneck_stride = cfg.bottleneck_stride
   if bottleneck_stride == 'auto':
     bottleneck_stride = '3x3' if cfg.family == 'imagenet' else 'first_1x1'
+  block_options = {field.name: cfg[field.name] for field in dataclasses.fields(BlockConfig)}
+  block_config = BlockConfig(**{
+      **block_options, 'block': block, 'shortcut': _shortcut(cfg.family, block, cfg.shortcut),
+      'width': cfg.width if block == 'bottleneck' else 1,
+      'bottleneck_stride': bottleneck_stride, 'dropout_rate': float(cfg.dropout_rate)})
   return dict(
-      stage_sizes=stage_sizes, stage_planes=stage_planes, block=block, stem=stem,
-      stem_width=stem_width, shortcut=_shortcut(cfg.family, block, cfg.shortcut),
-      preact=cfg.preact,
-      # CIFAR: fb.resnet.torch's preresnet.lua; WRN: its own code (models.PREACT_SHARED_AT).
+      stage_sizes=stage_sizes, stage_planes=stage_planes, block_config=block_config,
+      stem=stem, stem_width=stem_width,
+      # CIFAR: fb.resnet.torch's preresnet.lua; WRN: its own code (resnet.PREACT_SHARED_AT).
       preact_shared_at='shape_change' if cfg.family == 'wrn' else 'stage_entry',
-      width=cfg.width if block == 'bottleneck' else 1,
-      bottleneck_stride=bottleneck_stride, post_add_activation=cfg.post_add_activation,
-      zero_init_residual=cfg.zero_init_residual, dropout_rate=float(cfg.dropout_rate),
-      norm=cfg.norm, conv_init=cfg.conv_init, bn_scale_init=cfg.bn_scale_init,
       scan_blocks=bool(cfg.scan_blocks), remat_blocks=bool(cfg.remat_blocks))
 
 
@@ -215,13 +226,16 @@ def unrolled(model_config) -> ml_collections.ConfigDict:
 
 
 def build_model(model_config, num_classes: int, *, half_precision: bool = False,
-                bn_axis_name: str | None = None) -> models.ResNet:
-  """The `ResNet` a config describes. bf16 compute keeps float32 params and BN statistics."""
+                bn_axis_name: str | None = None) -> resnet.ResNet:
+  """The `ResNet` a config describes. bf16 compute keeps float32 params and BN statistics.
+
+  Its operations are chosen here, once, for the backend (`cpu_ops.for_backend`).
+  """
   if not isinstance(num_classes, int) or num_classes < 1:
     raise ConfigError(f'number of classes {num_classes!r} is not valid: it must be >= 1')
-  return models.ResNet(
+  return resnet.ResNet(
       num_classes=num_classes, dtype=jnp.bfloat16 if half_precision else jnp.float32,
-      bn_axis_name=bn_axis_name, **architecture(model_config))
+      bn_axis_name=bn_axis_name, ops=cpu_ops.for_backend(), **architecture(model_config))
 
 
 def model_name(model_config) -> str:
@@ -230,7 +244,7 @@ def model_name(model_config) -> str:
   cfg = default_model_config()
   cfg.update(dict(model_config))
   try:
-    shortcut = architecture(cfg)['shortcut']
+    shortcut = architecture(cfg)['block_config'].shortcut
   except ConfigError:  # an impossible config is still named, by its raw values
     shortcut = cfg.shortcut
   suffix = '-nonorm' if cfg.norm == 'none' else ''

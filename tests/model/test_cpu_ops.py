@@ -10,7 +10,8 @@ import pytest
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
-from resnet_jax import layers, models, parallel, presets
+from resnet_jax import parallel
+from resnet_jax.model import cpu_ops, presets, resnet
 
 
 def xla_conv(x, w, strides, padding):
@@ -35,7 +36,7 @@ def test_convolution_and_its_gradients_match_xla(size, cin, cout, kernel, stride
   x = jax.random.normal(jax.random.key(0), (2, size, size, cin))
   w = jax.random.normal(jax.random.key(1), (kernel, kernel, cin, cout))
   padding = ((kernel // 2, kernel // 2),) * 2
-  ours = lambda x, w: layers.conv_general_dilated(x, w, (stride, stride), padding)
+  ours = lambda x, w: cpu_ops.conv_general_dilated(x, w, (stride, stride), padding)
   loss = lambda conv: lambda x, w: jnp.sum(jnp.sin(conv(x, w)))
   assert_close(ours(x, w), xla_conv(x, w, (stride, stride), padding), rtol=1e-4, atol=1e-4)
   assert_close(jax.grad(loss(ours), (0, 1))(x, w),
@@ -49,8 +50,8 @@ def test_max_pool_matches_nn_max_pool_with_ties_going_to_the_first_maximum():
   reference = lambda x: nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
   cotangent = jax.random.normal(jax.random.key(1), reference(x).shape)
   grad = lambda pool: jax.grad(lambda x: jnp.sum(pool(x) * cotangent))(x)
-  np.testing.assert_array_equal(layers.max_pool(x), reference(x))
-  ours, theirs = grad(layers.max_pool), grad(reference)
+  np.testing.assert_array_equal(cpu_ops.max_pool(x), reference(x))
+  ours, theirs = grad(cpu_ops.max_pool), grad(reference)
   np.testing.assert_array_equal(ours != 0, theirs != 0)  # the same pixels receive gradient
   assert_close(ours, theirs, rtol=1e-6, atol=1e-6)
 
@@ -58,11 +59,11 @@ def test_max_pool_matches_nn_max_pool_with_ties_going_to_the_first_maximum():
 def test_fusion_barrier_is_the_identity_for_values_and_gradients():
   x = jax.random.normal(jax.random.key(0), (2, 4, 4, 3))
   loss = lambda barrier: lambda x: jnp.sum(jnp.sin(barrier(x) * x))
-  np.testing.assert_array_equal(jax.jit(layers.fusion_barrier)(x), x)
-  np.testing.assert_array_equal(jax.grad(loss(layers.fusion_barrier))(x),
+  np.testing.assert_array_equal(jax.jit(cpu_ops.fusion_barrier)(x), x)
+  np.testing.assert_array_equal(jax.grad(loss(cpu_ops.fusion_barrier))(x),
                                 jax.grad(loss(lambda v: v))(x))
-  assert 'conditional' in jax.jit(layers.fusion_barrier).lower(x).compile().as_text()
-  assert np.isnan(layers.fusion_barrier(x.at[0, 0, 0, 0].set(jnp.nan))).all()  # NaN stays NaN
+  assert 'conditional' in jax.jit(cpu_ops.fusion_barrier).lower(x).compile().as_text()
+  assert np.isnan(cpu_ops.fusion_barrier(x.at[0, 0, 0, 0].set(jnp.nan))).all()  # NaN stays NaN
 
 
 def batch_norm_loss(module, variables, x, cotangent):
@@ -80,7 +81,7 @@ def test_batch_norm_matches_nn_batch_norm_in_training_and_evaluation():
   x = 3 * jax.random.normal(jax.random.key(0), (8, 5, 5, 6)) + 1
   cotangent = jax.random.normal(jax.random.key(1), x.shape)
   variables = perturbed_variables(x)
-  ours, theirs = layers.BatchNorm(momentum=0.9), nn.BatchNorm(momentum=0.9)
+  ours, theirs = cpu_ops.BatchNorm(momentum=0.9), nn.BatchNorm(momentum=0.9)
   assert (jax.tree.structure(ours.init(jax.random.key(0), x, use_running_average=False)) ==
           jax.tree.structure(variables))
   value_and_grads = lambda module: jax.value_and_grad(
@@ -106,7 +107,7 @@ def test_batch_norm_gradients_match_across_devices(axis_name):
     return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(), P('data'), P('data')),
                                  out_specs=P()))(variables, x, cotangent)
 
-  assert_close(grads(layers.BatchNorm(axis_name=axis_name)),
+  assert_close(grads(cpu_ops.BatchNorm(axis_name=axis_name)),
                grads(nn.BatchNorm(axis_name=axis_name)))
 
 
@@ -121,7 +122,7 @@ def test_scanned_or_recomputed_blocks_compute_the_same_network(name, layout):
   changed = presets.build_model(config, 10)
   x = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
   variables = unrolled.init(jax.random.key(1), x[:1], train=False)
-  relayout = models.stack_repeated_blocks if config.scan_blocks else (lambda tree: tree)
+  relayout = resnet.stack_repeated_blocks if config.scan_blocks else (lambda tree: tree)
   per_collection = lambda collections: {k: relayout(v) for k, v in collections.items()}
   assert (jax.tree.structure(per_collection(variables)) ==
           jax.tree.structure(jax.eval_shape(

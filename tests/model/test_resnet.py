@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from resnet_jax import errors, models, presets
+from resnet_jax.model import presets, resnet
 
 
 def build(name, num_classes=10, **overrides):
@@ -97,9 +97,9 @@ def test_option_b_projects_only_where_the_shape_changes_and_c_on_every_block():
   assert _shortcut_convs(build('resnet56', shortcut='A')) == []
 
 
-def _block(**kwargs):
-  defaults = dict(planes=16, block='basic', strides=1, shortcut='A')
-  return models.ResidualBlock(**{**defaults, **kwargs})
+def _block(planes=16, strides=1, norm_layer=nn.BatchNorm, **options):
+  return resnet.ResidualBlock(planes=planes, strides=strides, norm_layer=norm_layer,
+                              config=resnet.BlockConfig(**options))
 
 
 def _randomize_stats(variables, key):
@@ -121,7 +121,7 @@ def test_zero_initialised_block_with_an_identity_skip_outputs_its_skip(preact, b
                                                                        train):
   planes = 16 if block == 'basic' else 4
   layer = _block(planes=planes, block=block, preact=preact, zero_init_residual=True,
-                 norm=nn.BatchNorm if norm == 'batch' else None)
+                 norm_layer=nn.BatchNorm if norm == 'batch' else None)
   x = jax.random.normal(jax.random.key(1), (4, 8, 8, 16))
   variables = _randomize_stats(layer.init(jax.random.key(0), x, train=False), jax.random.key(2))
   y, _ = layer.apply(variables, x, train=train, mutable=['batch_stats'])
@@ -203,7 +203,7 @@ def test_post_activation_block_applies_relu_after_the_addition_unless_disabled()
 
 def test_option_a_subsamples_and_zero_pads_channels():
   x = jax.random.normal(jax.random.key(0), (2, 8, 8, 16))
-  y = models.identity_shortcut_a(x, 32, 2)
+  y = resnet.identity_shortcut_a(x, 32, 2)
   assert y.shape == (2, 4, 4, 32)
   np.testing.assert_array_equal(np.asarray(y[..., 8:24]), np.asarray(x[:, ::2, ::2, :]))
   assert float(jnp.abs(y[..., :8]).max()) == 0 and float(jnp.abs(y[..., 24:]).max()) == 0
@@ -248,31 +248,6 @@ def test_cifar_bottleneck_nets_stride_the_first_1x1_and_imagenet_nets_the_3x3(ov
   assert first_halved == strided_conv
 
 
-@pytest.mark.parametrize('overrides, expected', [
-    # CIFAR: the depth and block alone; option A for basic nets, B for bottlenecks.
-    (dict(depth=20), ('basic', 'A', 'first_1x1')),
-    (dict(depth=110, preact=True), ('basic', 'A', 'first_1x1')),
-    (dict(depth=164, block='bottleneck', preact=True), ('bottleneck', 'B', 'first_1x1')),
-    (dict(depth=164, block='bottleneck'), ('bottleneck', 'B', 'first_1x1')),
-    (dict(family='wrn', depth=28, width=10, preact=True), ('basic', 'B', 'first_1x1')),
-    # ImageNet: the depth picks the block; torchvision's stride on the 3x3.
-    (dict(family='imagenet', depth=18), ('basic', 'B', '3x3')),
-    (dict(family='imagenet', depth=50, preact=True), ('bottleneck', 'B', '3x3')),
-    # Explicit values win.
-    (dict(depth=56, shortcut='B'), ('basic', 'B', 'first_1x1')),
-    (dict(depth=164, block='bottleneck', shortcut='C', bottleneck_stride='3x3'),
-     ('bottleneck', 'C', '3x3')),
-    (dict(family='imagenet', depth=50, block='bottleneck', bottleneck_stride='first_1x1'),
-     ('bottleneck', 'B', 'first_1x1')),
-])
-def test_auto_resolves_block_shortcut_and_bottleneck_stride_as_each_paper(overrides,
-                                                                          expected):
-  config = presets.default_model_config()
-  config.update(overrides)
-  arch = presets.architecture(config)
-  assert (arch['block'], arch['shortcut'], arch['bottleneck_stride']) == expected
-
-
 def test_config_files_need_no_block_or_shortcut_for_the_papers_other_depths():
   from configs import preact_cifar, resnet_imagenet  # pylint: disable=import-outside-toplevel
   config = preact_cifar.get_config()
@@ -280,7 +255,7 @@ def test_config_files_need_no_block_or_shortcut_for_the_papers_other_depths():
   assert presets.model_name(config.model) == 'preact_resnet110-A'
   config = resnet_imagenet.get_config()
   config.model.depth = 18
-  assert presets.architecture(config.model)['block'] == 'basic'
+  assert presets.architecture(config.model)['block_config'].block == 'basic'
   assert num_params(presets.build_model(config.model, 1000), 64) == 11_689_512
 
 
@@ -314,7 +289,7 @@ def test_pre_activation_is_shared_with_the_skip_in_the_first_block_of_each_stage
   skips = _skips(model, variables, x)
   for stage, channels in ((1, 16), (2, 32), (3, 64)):
     _, preactivated, skip = skips[f'stage{stage}_block0']
-    expected = models.identity_shortcut_a(preactivated, channels, 1 if stage == 1 else 2)
+    expected = resnet.identity_shortcut_a(preactivated, channels, 1 if stage == 1 else 2)
     np.testing.assert_allclose(np.asarray(skip), np.asarray(expected), atol=1e-5)
     block_input, _, skip = skips[f'stage{stage}_block1']
     np.testing.assert_allclose(np.asarray(skip), np.asarray(block_input), atol=1e-5)
@@ -469,52 +444,3 @@ def test_bfloat16_compute_keeps_float32_parameters_and_statistics():
   assert logits.dtype == jnp.float32
   assert state['intermediates']['stage1'][0].dtype == jnp.bfloat16
   assert {leaf.dtype for leaf in jax.tree.leaves(state['batch_stats'])} == {jnp.dtype('float32')}
-
-
-@pytest.mark.parametrize('overrides, message', [
-    (dict(depth=21), '6n+2'),
-    (dict(depth=165, block='bottleneck'), '9n+2'),
-    (dict(family='wrn', depth=27, width=10), '6n+4'),
-    (dict(family='wrn', depth=28, width=0), 'integer >= 1'),
-    (dict(shortcut='D'), "'auto', 'A', 'B', 'C', 'none'"),
-    (dict(block='triple'), "'auto', 'basic', 'bottleneck'"),
-    (dict(family='imagenet', depth=42, block='bottleneck'), '18, 34, 50, 101, 152'),
-    (dict(family='imagenet', depth=50, block='basic'), "model.block='bottleneck'"),
-    (dict(family='imagenet', depth=18, block='bottleneck'), "model.block='basic'"),
-    (dict(family='mnist'), "'cifar', 'wrn', 'imagenet'"),
-    (dict(bottleneck_stride='1x1'), "'auto', 'first_1x1', '3x3'"),
-    (dict(norm='layer'), "'batch', 'none'"),
-    (dict(conv_init='xavier'), "'fan_out', 'fan_in'"),
-    (dict(bn_scale_init='zeros'), "'ones', 'uniform'"),
-    (dict(depth=1001), '9n+2 with model.block=bottleneck'),
-    (dict(dropout_rate=1.5), '0 <= rate < 1'),
-])
-def test_impossible_combinations_get_a_one_line_error_naming_the_allowed_values(overrides,
-                                                                                message):
-  config = presets.default_model_config()
-  config.update(overrides)
-  with pytest.raises(errors.ConfigError) as error:
-    presets.build_model(config, 10)
-  assert message in str(error.value)
-  assert '\n' not in str(error.value)
-
-
-def test_unknown_preset_and_unknown_model_key_are_rejected():
-  with pytest.raises(errors.ConfigError, match='known:'):
-    presets.preset('resnet21')
-  config = presets.default_model_config().to_dict()
-  config['dept'] = 20
-  with pytest.raises(errors.ConfigError, match='dept'):
-    presets.architecture(config)
-
-
-@pytest.mark.parametrize('name, expected', [
-    ('resnet56', 'resnet56-A'), ('plain56', 'plain56'), ('preact_resnet110', 'preact_resnet110-A'),
-    ('preact_resnet164', 'preact_resnet164-B'), ('wrn_28_10', 'wrn-28-10'),
-    ('resnet50', 'resnet50'), ('wide_resnet50_2', 'wide_resnet50_2'),
-])
-def test_model_names_say_what_was_built_with_the_resolved_shortcut(name, expected):
-  assert presets.model_name(presets.preset(name)) == expected
-  config = presets.preset(name)
-  config.norm = 'none'
-  assert presets.model_name(config) == expected + '-nonorm'

@@ -1,6 +1,7 @@
-"""The convolution, BatchNorm and max-pool that `models.ResNet` is built from.
+"""The convolution, BatchNorm, max-pool and fusion barrier a `ResNet` is built from, as
+one `Ops` value: the plain XLA/Flax operations (`XLA`), or their forms for XLA:CPU (`CPU`).
 
-Each computes exactly what `lax.conv_general_dilated`, `nn.BatchNorm` and `nn.max_pool`
+Each CPU form computes exactly what `lax.conv_general_dilated`, `nn.BatchNorm` and `nn.max_pool`
 compute, with the same parameters and statistics (so checkpoints, presets and the
 torchvision converter see no difference), but is written so that XLA:CPU runs it fast.
 Measured on a 2-core CPU (benchmarks/RESULTS.md):
@@ -20,14 +21,16 @@ Measured on a 2-core CPU (benchmarks/RESULTS.md):
 * `fusion_barrier`: each residual block's input is read from memory instead of being
   recomputed, back to the stem, inside every backward transpose (ResNet-56 1.9x, -110 3.3x).
 
-The CPU paths are chosen while tracing, by `jax.default_backend()` (`models.ResNet`
-uses `BatchNorm` on CPU only); GPUs and TPUs run the plain XLA operations and
-`nn.BatchNorm`, not measured against these forms (no GPU has been available).
+`for_backend()` chooses once, when `model.presets.build_model` builds the net: `CPU` on
+the CPU backend, `XLA` elsewhere (GPUs and TPUs run the plain operations and `nn.BatchNorm`,
+not measured against these forms: no GPU has been available), and `XLA` inside
+`plain_xla()`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import threading
 from typing import Any, Callable
@@ -41,14 +44,9 @@ from jax import lax
 _plain = threading.local()
 
 
-def on_cpu() -> bool:
-  """Whether the CPU forms apply: the default backend while tracing, outside `plain_xla`."""
-  return jax.default_backend() == 'cpu' and not getattr(_plain, 'active', False)
-
-
 @contextlib.contextmanager
 def plain_xla():
-  """Models traced inside use the plain XLA operations and nn.BatchNorm on every backend.
+  """Models built inside use the plain XLA operations and nn.BatchNorm on every backend.
 
   For reference figures: XLA's FLOP count of a matmul-lowered convolution includes the
   zero padding it multiplies, that of the convolution does not.
@@ -148,13 +146,14 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, *, lhs_dilation=None
                          precision=None):
   """`lax.conv_general_dilated` for NHWC inputs and HWIO kernels (`nn.Conv`'s layout).
 
-  On CPU, 1x1 convolutions and those whose input or output map has fewer pixels than the
-  kernel (where XLA would swap the operands) run as a matmul.
+  1x1 convolutions and those whose input or output map has fewer pixels than the kernel
+  (where XLA:CPU would swap the operands) run as a matmul, the others with an explicit
+  backward pass.
   """
   kh, kw = rhs.shape[0], rhs.shape[1]
   plain = (lhs_dilation in (None, (1, 1)) and rhs_dilation in (None, (1, 1)) and
            feature_group_count == 1 and precision is None and not isinstance(padding, str))
-  if plain and on_cpu():
+  if plain:
     (pt, pb), (pl, pr) = padding
     ho = (lhs.shape[1] + pt + pb - kh) // window_strides[0] + 1
     wo = (lhs.shape[2] + pl + pr - kw) // window_strides[1] + 1
@@ -174,7 +173,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, *, lhs_dilation=None
 
 
 def fusion_barrier(x):
-  """x, computed once and then read from memory by every user (on CPU; x elsewhere).
+  """x, computed once and then read from memory by every user.
 
   Between residual blocks: XLA:CPU otherwise fuses the residual stream's producers (BN,
   add, ReLU: cheap elementwise ops) into each backward transpose that reads a block's
@@ -184,8 +183,6 @@ def fusion_barrier(x):
   expanded away before fusion on CPU; a conditional on a runtime value cannot be fused
   through. Its other branch only runs when x is already NaN, and then fills x with NaN.
   """
-  if not on_cpu():
-    return x
   finite = ~jnp.isnan(x[(0,) * x.ndim])
   return lax.cond(finite, lambda v: v, lambda v: jnp.full_like(v, jnp.nan), x)
 
@@ -337,7 +334,32 @@ _view_max_pool.defvjp(_view_max_pool_forward, _view_max_pool_backward)
 
 def max_pool(x, window: int = 3, stride: int = 2, padding: int = 1):
   """Square max-pooling of an NHWC map with symmetric -inf padding (nn.max_pool, torch)."""
-  if on_cpu():
-    return _view_max_pool(x, window, stride, padding)
+  return _view_max_pool(x, window, stride, padding)
+
+
+def xla_max_pool(x, window: int = 3, stride: int = 2, padding: int = 1):
+  """`max_pool` as nn.max_pool computes it."""
   return nn.max_pool(x, (window, window), strides=(stride, stride),
                      padding=((padding, padding), (padding, padding)))
+
+
+# ----------------------------------------------------------------------------- the choice
+
+
+@dataclasses.dataclass(frozen=True)
+class Ops:
+  """The operations a ResNet is built from; every choice gives the same values."""
+  name: str  # 'xla' | 'cpu'
+  conv_general_dilated: Callable  # nn.Conv's conv_general_dilated
+  batch_norm: Callable[..., nn.Module]  # nn.BatchNorm's constructor and variables
+  max_pool: Callable  # (x, window, stride, padding) -> NHWC map
+  fusion_barrier: Callable  # x -> x, between residual blocks in training
+
+
+XLA = Ops('xla', lax.conv_general_dilated, nn.BatchNorm, xla_max_pool, lambda x: x)
+CPU = Ops('cpu', conv_general_dilated, BatchNorm, max_pool, fusion_barrier)
+
+
+def for_backend() -> Ops:
+  """`CPU` on the CPU backend, outside `plain_xla()`; `XLA` everywhere else."""
+  return CPU if jax.default_backend() == 'cpu' and not getattr(_plain, 'active', False) else XLA

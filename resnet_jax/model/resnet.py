@@ -15,22 +15,25 @@ KaimingHe/resnet-1k-layers, facebook/fb.resnet.torch, szagoruyko/wide-residual-n
 each choice below names its file.
 
 Named architectures (resnet56, wrn_28_10, resnet50, ...) are data in `presets.py`,
-not classes. Layouts are NHWC. Convolutions use torch-style symmetric padding, so
-strided layers match torchvision exactly (XLA's 'SAME' pads asymmetrically).
-Convolutions, BatchNorm and max-pooling come from `layers.py`: the same results, with
-faster forms on XLA:CPU.
+not classes. Every block of a net is built from one `BlockConfig`. Layouts are NHWC.
+Convolutions use torch-style symmetric padding, so strided layers match torchvision
+exactly (XLA's 'SAME' pads asymmetrically). Convolutions, BatchNorm, max-pooling and the
+barrier between blocks are `ResNet.ops` (`cpu_ops.py`): the plain operations, or forms
+that compute the same results faster on XLA:CPU.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
-from resnet_jax import layers
+from resnet_jax.model import cpu_ops
 
 SHORTCUTS = ('A', 'B', 'C', 'none')
 BLOCKS = ('basic', 'bottleneck')
@@ -79,7 +82,8 @@ def _symmetric_padding(kernel_size: int) -> tuple[tuple[int, int], tuple[int, in
 
 
 def Conv(features: int, kernel_size: int, strides: int = 1, *, name: str, dtype=jnp.float32,
-         use_bias: bool = False, kernel_init: Callable = CONV_INITS['fan_out']) -> nn.Conv:
+         use_bias: bool = False, kernel_init: Callable = CONV_INITS['fan_out'],
+         conv_general_dilated: Callable = lax.conv_general_dilated) -> nn.Conv:
   """Convolution with torch-style symmetric padding.
 
   Bias-free when BN follows (its bias takes the role); a net without normalisation
@@ -88,7 +92,7 @@ def Conv(features: int, kernel_size: int, strides: int = 1, *, name: str, dtype=
   return nn.Conv(features, (kernel_size, kernel_size), (strides, strides),
                  padding=_symmetric_padding(kernel_size), use_bias=use_bias, dtype=dtype,
                  param_dtype=jnp.float32, kernel_init=kernel_init,
-                 conv_general_dilated=layers.conv_general_dilated, name=name)
+                 conv_general_dilated=conv_general_dilated, name=name)
 
 
 def identity_shortcut_a(x, out_channels: int, strides: int):
@@ -106,19 +110,49 @@ def identity_shortcut_a(x, out_channels: int, strides: int):
   return x
 
 
-class ResidualBlock(nn.Module):
-  """A basic (two 3x3) or bottleneck (1x1, 3x3, 1x1; expansion 4) residual block.
+def _choices(default, allowed):
+  """A BlockConfig field whose value must be one of `allowed` (checked by presets)."""
+  return dataclasses.field(default=default, metadata={'choices': tuple(allowed)})
 
-  `preact=False` is the 2015 ordering: conv-BN-ReLU-conv-BN, add, ReLU.
-  `preact=True` is the 2016 "full pre-activation" ordering: (BN-ReLU-conv) x2, add. What
+
+@dataclasses.dataclass(frozen=True)
+class BlockConfig:
+  """How every block of a net is built: one field per block key of the model config
+  (`presets.default_model_config`, where each is described), with its 'auto' resolved
+  (`presets.architecture`). A new block option is a key there, a field here and its use
+  in `ResidualBlock`.
+
+  `norm`, `conv_init` and `bn_scale_init` also build the stem, the final BN and the head.
+  """
+  block: str = _choices('basic', BLOCKS)
+  shortcut: str = _choices('A', SHORTCUTS)
+  preact: bool = False
+  width: int = 1  # bottleneck inner-width multiplier (torchvision's wide_resnet50_2: 2)
+  bottleneck_stride: str = _choices('3x3', BOTTLENECK_STRIDES)
+  post_add_activation: bool = True  # post-activation only: ReLU after the addition
+  zero_init_residual: bool = False  # the branch's last layer starts at zero
+  dropout_rate: float = 0.0  # Wide ResNets: dropout between the convolutions
+  norm: str = _choices('batch', NORMS)
+  conv_init: str = _choices('fan_out', tuple(CONV_INITS))
+  bn_scale_init: str = _choices('ones', tuple(BN_SCALE_INITS))
+
+
+class ResidualBlock(nn.Module):
+  """A basic (two 3x3) or bottleneck (1x1, 3x3, 1x1; expansion 4) residual block, as
+  `config` describes it.
+
+  `config.preact=False` is the 2015 ordering: conv-BN-ReLU-conv-BN, add, ReLU.
+  `config.preact=True` is the 2016 "full pre-activation" ordering: (BN-ReLU-conv) x2, add. What
   the first BN-ReLU feeds is `preact_input` (see PREACT_INPUTS): in most blocks the branch
   only, so the skip path is a pure identity of the raw input; a projection shortcut of a
   pre-activation block is a bare 1x1 conv, without BN (fb.resnet.torch:
   models/preresnet.lua, lines 31-34).
 
-  `norm=None` builds the block without normalisation: every conv then has a bias.
+  `norm_layer` and `conv_layer` are the net's BatchNorm and convolution; `norm_layer=None`
+  (`config.norm='none'`) builds the block without normalisation: every conv then has a
+  bias.
 
-  `zero_init_residual` starts the block as the identity (its output is its skip) with a
+  `config.zero_init_residual` starts the block as the identity (its output is its skip) with a
   branch that still learns: it zeroes the branch's last layer, which is its last BN's
   scale where the branch ends in BN (post-activation; Goyal et al. 2017, torchvision), and
   its last convolution where it ends in a conv (pre-activation, or no BN; as timm's
@@ -126,73 +160,69 @@ class ResidualBlock(nn.Module):
   conv, would zero that conv's input and so its gradient: the branch would never train.
   """
   planes: int  # block output channels (basic) or bottleneck inner channels before widening
-  block: str = 'basic'
   strides: int = 1
-  shortcut: str = 'A'
-  preact: bool = False
   preact_input: str = 'branch'  # pre-activation only, see PREACT_INPUTS
-  width: int = 1  # bottleneck inner-width multiplier (torchvision wide_resnet50_2 uses 2)
-  bottleneck_stride: str = '3x3'  # see BOTTLENECK_STRIDES
-  post_add_activation: bool = True  # post-activation only: ReLU after the addition
-  zero_init_residual: bool = False  # the branch's last layer starts at zero (see above)
-  dropout_rate: float = 0.0  # Wide ResNets: dropout between the convolutions
-  norm: Callable[..., nn.Module] | None = nn.BatchNorm  # None: no normalisation
-  conv: Callable[..., nn.Module] = Conv
+  config: BlockConfig = BlockConfig()
+  norm_layer: Callable[..., nn.Module] | None = nn.BatchNorm  # None: no normalisation
+  conv_layer: Callable[..., nn.Module] = Conv
 
   @property
   def out_channels(self) -> int:
-    return self.planes * 4 if self.block == 'bottleneck' else self.planes
+    return self.planes * 4 if self.config.block == 'bottleneck' else self.planes
 
   def _branch_layers(self) -> list[tuple[int, int, int]]:
     """(features, kernel, stride) of each convolution on the residual branch."""
-    if self.block == 'basic':
+    if self.config.block == 'basic':
       return [(self.planes, 3, self.strides), (self.planes, 3, 1)]
-    inner = self.planes * self.width
-    on_first = self.bottleneck_stride == 'first_1x1'
+    inner = self.planes * self.config.width
+    on_first = self.config.bottleneck_stride == 'first_1x1'
     first_stride, mid_stride = (self.strides, 1) if on_first else (1, self.strides)
     return [(inner, 1, first_stride), (inner, 3, mid_stride), (self.out_channels, 1, 1)]
 
   def _needs_projection(self, in_channels: int) -> bool:
     shape_changes = self.strides != 1 or in_channels != self.out_channels
-    return self.shortcut == 'C' or (self.shortcut == 'B' and shape_changes)
+    shortcut = self.config.shortcut
+    return shortcut == 'C' or (shortcut == 'B' and shape_changes)
 
   def _conv(self, *args, **kwargs) -> nn.Module:
     """A convolution with a bias exactly when no BN follows to provide one."""
-    return self.conv(*args, use_bias=self.norm is None, **kwargs)
+    return self.conv_layer(*args, use_bias=self.norm_layer is None, **kwargs)
 
   def _skip(self, x, train: bool):
-    if self.shortcut == 'none':
+    if self.config.shortcut == 'none':
       return None
     if self._needs_projection(x.shape[-1]):
       y = self._conv(self.out_channels, 1, self.strides, name='shortcut_conv')(x)
-      if self.preact or self.norm is None:
+      if self.config.preact or self.norm_layer is None:
         return y
-      return self.norm(name='shortcut_bn')(y, use_running_average=not train)
+      return self.norm_layer(name='shortcut_bn')(y, use_running_average=not train)
     return identity_shortcut_a(x, self.out_channels, self.strides)
 
   @nn.compact
   def __call__(self, x, train: bool):
+    config = self.config
     branch = self._branch_layers()
     last = len(branch)
-    ends_in_norm = self.norm is not None and not self.preact
+    ends_in_norm = self.norm_layer is not None and not config.preact
 
     def norm(i, y):
-      if self.norm is None:
+      if self.norm_layer is None:
         return y
-      zero = self.zero_init_residual and ends_in_norm and i == last
+      zero = config.zero_init_residual and ends_in_norm and i == last
       extra = dict(scale_init=nn.initializers.zeros) if zero else {}
-      return self.norm(name=f'bn{i}', **extra)(y, use_running_average=not train)
+      return self.norm_layer(name=f'bn{i}', **extra)(y, use_running_average=not train)
 
     def conv(i, y):
       features, kernel, stride = branch[i - 1]
-      zero = self.zero_init_residual and not ends_in_norm and i == last
+      zero = config.zero_init_residual and not ends_in_norm and i == last
       extra = dict(kernel_init=nn.initializers.zeros) if zero else {}
       return self._conv(features, kernel, stride, name=f'conv{i}', **extra)(y)
 
     def dropout(y):  # sits right before the branch's last convolution (WRN, Sec. 2)
-      return nn.Dropout(self.dropout_rate, deterministic=not train)(y) if self.dropout_rate else y
+      rate = config.dropout_rate
+      return nn.Dropout(rate, deterministic=not train)(y) if rate else y
 
-    if self.preact:
+    if config.preact:
       if self.preact_input == 'stem':
         y = skip_input = x
       else:
@@ -214,7 +244,7 @@ class ResidualBlock(nn.Module):
         y = dropout(y) if i == last - 1 else y
     if skip is not None:
       y = y + skip
-    return nn.relu(y) if self.post_add_activation else y
+    return nn.relu(y) if config.post_add_activation else y
 
 
 class _RepeatedBlock(nn.Module):
@@ -239,27 +269,20 @@ class ResNet(nn.Module):
   pre-activation of stage 1's first block, which adds none of its own ('no_preact' in
   facebook/fb.resnet.torch: models/preresnet.lua, lines 146-158).
 
-  `norm='none'` removes every BatchNorm (stem, blocks, shortcuts, final): a net for
-  studying gradient flow without normalisation; each conv then has a zero-initialised
-  bias, since no BN bias takes that role.
+  `block_config.norm='none'` removes every BatchNorm (stem, blocks, shortcuts, final): a
+  net for studying gradient flow without normalisation; each conv then has a
+  zero-initialised bias, since no BN bias takes that role.
+
+  `ops` are the convolution, BatchNorm, max-pool and fusion barrier it is built from
+  (`cpu_ops.Ops`); `presets.build_model` picks them for the backend.
   """
   stage_sizes: Sequence[int]
   stage_planes: Sequence[int]
   num_classes: int
-  block: str = 'basic'
+  block_config: BlockConfig = BlockConfig()
   stem: str = 'cifar'  # 'cifar': one 3x3 conv; 'imagenet': 7x7/2 conv + 3x3/2 max-pool
   stem_width: int = 16
-  shortcut: str = 'A'
-  preact: bool = False
   preact_shared_at: str = 'stage_entry'  # see PREACT_SHARED_AT
-  width: int = 1
-  bottleneck_stride: str = '3x3'  # see BOTTLENECK_STRIDES
-  post_add_activation: bool = True
-  zero_init_residual: bool = False
-  dropout_rate: float = 0.0
-  norm: str = 'batch'  # see NORMS
-  conv_init: str = 'fan_out'  # see CONV_INITS
-  bn_scale_init: str = 'ones'  # see BN_SCALE_INITS
   bn_momentum: float = 0.9  # torch's 0.1, in Flax's convention
   bn_epsilon: float = 1e-5
   bn_axis_name: str | None = None  # set to the data axis to sync BN statistics across devices
@@ -270,19 +293,21 @@ class ResNet(nn.Module):
   # Recompute each block's activations in the backward pass instead of keeping them
   # (jax.checkpoint): activation memory of one block per stage, ~1.3x the step's FLOPs.
   remat_blocks: bool = False
+  ops: cpu_ops.Ops = cpu_ops.XLA
 
   def _norm(self, train: bool) -> Callable[..., nn.Module] | None:
-    if self.norm == 'none':
+    if self.block_config.norm == 'none':
       return None
-    batch_norm = layers.BatchNorm if layers.on_cpu() else nn.BatchNorm  # same variables
     return functools.partial(
-        batch_norm, momentum=self.bn_momentum, epsilon=self.bn_epsilon, dtype=self.dtype,
-        param_dtype=jnp.float32, axis_name=self.bn_axis_name if train else None,
-        scale_init=BN_SCALE_INITS[self.bn_scale_init])
+        self.ops.batch_norm, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
+        dtype=self.dtype, param_dtype=jnp.float32,
+        axis_name=self.bn_axis_name if train else None,
+        scale_init=BN_SCALE_INITS[self.block_config.bn_scale_init])
 
   def _conv(self) -> Callable[..., nn.Module]:
-    return functools.partial(Conv, dtype=self.dtype, use_bias=self.norm == 'none',
-                             kernel_init=CONV_INITS[self.conv_init])
+    return functools.partial(Conv, dtype=self.dtype, use_bias=self.block_config.norm == 'none',
+                             kernel_init=CONV_INITS[self.block_config.conv_init],
+                             conv_general_dilated=self.ops.conv_general_dilated)
 
   def _preact_input(self, stage: int, in_channels: int, out_channels: int) -> str:
     """What the pre-activation of stage `stage`'s first block feeds (PREACT_INPUTS)."""
@@ -296,6 +321,7 @@ class ResNet(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     norm, conv = self._norm(train), self._conv()
+    preact = self.block_config.preact
 
     def bn_relu(name, y):
       return nn.relu(y if norm is None else norm(name=name)(y, use_running_average=not train))
@@ -303,24 +329,20 @@ class ResNet(nn.Module):
     x = x.astype(self.dtype)
     if self.stem == 'imagenet':
       x = bn_relu('stem_bn', conv(self.stem_width, 7, 2, name='stem_conv')(x))
-      x = layers.max_pool(x, 3, 2, 1)
+      x = self.ops.max_pool(x, 3, 2, 1)
     else:
       x = conv(self.stem_width, 3, 1, name='stem_conv')(x)
-      if not self.preact:  # pre-activation blocks start with their own BN-ReLU
+      if not preact:  # pre-activation blocks start with their own BN-ReLU
         x = bn_relu('stem_bn', x)
     self.sow('intermediates', 'stem', x)
 
-    # Training on CPU: each block's input is read from memory, not recomputed (layers.py).
-    materialized = layers.fusion_barrier if train else (lambda x: x)
+    # Training: each block's input is read from memory, not recomputed (cpu_ops.py).
+    materialized = self.ops.fusion_barrier if train else (lambda x: x)
     for stage, (num_blocks, planes) in enumerate(zip(self.stage_sizes, self.stage_planes), 1):
       block = functools.partial(
           nn.remat(ResidualBlock, static_argnums=(2,)) if self.remat_blocks else ResidualBlock,
-          planes=planes, block=self.block, shortcut=self.shortcut,
-          preact=self.preact, width=self.width, bottleneck_stride=self.bottleneck_stride,
-          post_add_activation=self.post_add_activation,
-          zero_init_residual=self.zero_init_residual, dropout_rate=self.dropout_rate,
-          norm=norm, conv=conv)
-      out_channels = planes * 4 if self.block == 'bottleneck' else planes
+          planes=planes, config=self.block_config, norm_layer=norm, conv_layer=conv)
+      out_channels = planes * 4 if self.block_config.block == 'bottleneck' else planes
       preact_input = self._preact_input(stage, x.shape[-1], out_channels)
       x = block(strides=2 if stage > 1 else 1, preact_input=preact_input,
                 name=f'stage{stage}_block0')(materialized(x), train)
@@ -333,7 +355,7 @@ class ResNet(nn.Module):
           x = block(strides=1, name=f'stage{stage}_block{index}')(materialized(x), train)
       self.sow('intermediates', f'stage{stage}', x)
 
-    if self.preact:
+    if preact:
       x = bn_relu('final_bn', x)
     x = jnp.mean(x, axis=(1, 2))
     logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32,
