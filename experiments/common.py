@@ -152,8 +152,8 @@ def restore_variables(run) -> dict[str, Any]:
 
 def test_images(config, count: int):
   """The first `count` test images, normalised as the model saw them, and their labels."""
-  from resnet_jax import augment, datasets  # pylint: disable=g-import-not-at-top
-  dataset = datasets.load_in_memory(config.dataset, seed=config.seed)
+  from resnet_jax.data import augment, in_memory  # pylint: disable=g-import-not-at-top
+  dataset = in_memory.load(config.dataset, seed=config.seed)
   images = augment.normalize(dataset.test.images[:count], dataset.mean, dataset.std)
   return images, dataset.test.labels[:count], dataset.num_classes
 

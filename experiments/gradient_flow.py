@@ -134,13 +134,14 @@ def run_point(config, workdir) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
-  from resnet_jax import augment, datasets, optim  # pylint: disable=g-import-not-at-top
+  from resnet_jax import optim  # pylint: disable=g-import-not-at-top
+  from resnet_jax.data import augment, batching, in_memory  # pylint: disable=g-import-not-at-top
   from resnet_jax.model import build_model, model_name  # pylint: disable=g-import-not-at-top
 
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   start = time.time()
-  dataset = datasets.load_in_memory(config.dataset, seed=config.seed)
+  dataset = in_memory.load(config.dataset, seed=config.seed)
   num_train = len(dataset.train.labels)
   total_steps = config.num_train_steps
   steps_per_epoch = max(1, num_train // config.batch_size)
@@ -159,7 +160,7 @@ def run_point(config, workdir) -> dict:
   loss = math.nan
   diverged_at = None
   for step in range(total_steps + 1):
-    indices = datasets.train_batch_indices(config.seed, step, num_train, config.batch_size)
+    indices = batching.train_batch_indices(config.seed, step, num_train, config.batch_size)
     images = augment.normalize(dataset.train.images[indices], dataset.mean, dataset.std)
     labels = dataset.train.labels[indices]
     loss, new_batch_stats, param_grads, block_grads = gradients(params, batch_stats, images,

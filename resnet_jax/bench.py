@@ -36,14 +36,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from resnet_jax import optim, parallel, train
+from resnet_jax.data import registry
 from resnet_jax.model import build_model, model_name, plain_xla
 from resnet_jax.errors import ConfigError
 from resnet_jax.parallel import DATA_AXIS
 
 DEFAULT_WARMUP_STEPS = 2
 DEFAULT_STEPS = 10
-_CLASSES = {'cifar10': 10, 'cifar100': 100, 'svhn_cropped': 10, 'svhn': 10,
-            'imagenet2012': 1000}
 _SYNTHETIC_MEAN, _SYNTHETIC_STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
 # Published dense (no sparsity) peak TFLOP/s per device: (device_kind substring, bf16, fp32
@@ -71,9 +70,10 @@ PEAK_TFLOPS = (
 
 
 def num_classes(dataset_config) -> int:
-  """Classes of the config's dataset, without loading it: the known ones, else num_classes."""
-  if dataset_config.name in _CLASSES:
-    return _CLASSES[dataset_config.name]
+  """Classes of the config's dataset, without reading it: its row's, else num_classes, else 10."""
+  known = registry.lookup(dataset_config).num_classes
+  if known is not None:
+    return known
   return dataset_config.num_classes if dataset_config.get('num_classes', -1) > 0 else 10
 
 

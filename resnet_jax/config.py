@@ -11,7 +11,8 @@ from typing import Any
 
 import ml_collections
 
-from resnet_jax import imagenet, metrics, preprocessing
+from resnet_jax import metrics
+from resnet_jax.data import imagenet, preprocessing, registry
 from resnet_jax.model import architecture, default_model_config
 from resnet_jax.errors import ConfigError
 
@@ -34,13 +35,14 @@ def default_config() -> ml_collections.ConfigDict:
   config.model = default_model_config()
 
   config.dataset = ml_collections.ConfigDict(dict(
-      name='cifar10',  # cifar10 | cifar100 | svhn_cropped | imagenet2012 | synthetic | folder
+      name='cifar10',  # a row of resnet_jax/data/registry.py: cifar10 | cifar100 | svhn_cropped
+      # | imagenet2012 | synthetic | folder, or one a config file registers
       path='',  # '' fetches through tfds; else a local archive, folder or tfds data_dir
       max_train_examples=-1,  # -1 = the whole train split
       image_size=32,
       num_classes=-1,  # -1 = from the dataset
       cache_dir='',  # '' = $RESNET_JAX_CACHE or ~/.cache/resnet_jax
-      # How pixels become inputs (resnet_jax.preprocessing): 'dataset' per-channel mean/std
+      # How pixels become inputs (resnet_jax/data/preprocessing.py): 'dataset' per-channel mean/std
       # of the train split | 'imagenet' ImageNet's, for pretrained weights | 'pixel_mean'
       # the train split's mean image subtracted (He et al. 2015) | 'zca' GCN + ZCA
       # whitening fitted on the train split (WRN Table 4, via pylearn2).
@@ -59,7 +61,7 @@ def default_config() -> ml_collections.ConfigDict:
       flip=True,  # random horizontal flip
       cutout=0,  # side of a cutout square (DeVries & Taylor 2017); 0 = off
       resize_to=0,  # resize on the device to this side (e.g. 32 px up to 224); 0 = off
-      # Streamed ImageNet only (resnet_jax.imagenet):
+      # Streamed ImageNet only (resnet_jax/data/imagenet.py):
       train_crop='random_resized',  # 'random_resized' (torchvision) | 'scale' (He et al. 2015)
       scale_range=(256, 480),  # 'scale': the shorter side is resized to a size drawn from this
       pca_noise=0.0,  # std of AlexNet's PCA colour noise (fb.resnet.torch: 0.1); 0 = off
@@ -216,7 +218,7 @@ def _validate_data(config) -> None:
   """The dataset.* and augment.* keys; what depends on the data itself (class counts,
   split sizes) is checked when it is loaded, with the same one-line errors."""
   dataset, augment = config.dataset, config.augment
-  streamed = dataset.name == 'imagenet2012'
+  streamed = registry.lookup(dataset).streamed
   if dataset.image_size < 8:
     raise ConfigError(f'dataset.image_size={dataset.image_size} is too small; use >= 8')
   _check_choice(dataset, 'normalization', preprocessing.NORMALIZATIONS, 'dataset.')
@@ -226,7 +228,7 @@ def _validate_data(config) -> None:
                       f'image_size={dataset.image_size} is too large: use 32 or less')
   if streamed and dataset.normalization in preprocessing.FITTED:
     raise ConfigError(f'dataset.normalization={dataset.normalization!r} is fitted on an '
-                      'in-memory train split; for imagenet2012 use \'imagenet\'')
+                      f'in-memory train split; for {dataset.name} use \'imagenet\'')
   if dataset.validation_examples < 0 or (streamed and dataset.validation_examples):
     raise ConfigError(f'dataset.validation_examples={dataset.validation_examples} is not valid: '
                       'use 0 or a positive multiple of the class count (in-memory datasets; '

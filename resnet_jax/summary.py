@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from resnet_jax import datasets
+from resnet_jax import data
 from resnet_jax.model import build_model, model_name, unrolled
 
 
@@ -38,7 +38,7 @@ def _stage_of(param_name: str) -> str:
 
 def summarize(config) -> dict:
   """Returns {'model', 'params', 'flops_per_example', 'stages': [(name, shape, params)]}."""
-  num_classes = datasets.num_classes(config.dataset)
+  num_classes = data.num_classes(config.dataset)
   model = build_model(unrolled(config.model), num_classes,
                       half_precision=config.half_precision)
   size = config.dataset.image_size

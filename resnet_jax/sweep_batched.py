@@ -14,7 +14,7 @@ batched (per-run weight) convolutions poorly. So sweeps vmap only on request
 (--sweep_vmap=on) or where `auto` times it faster on the machine at hand.
 
 Each run keeps its own parameters, BN statistics, optimiser state, RNG, data order
-(`datasets.train_batch_indices` with its own seed) and, for synthetic data, its own
+(`batching.train_batch_indices` with its own seed) and, for synthetic data, its own
 dataset. Each writes the same files a separate `train.train_and_evaluate` would:
 metrics.jsonl, config.json, checkpoints/ and results.json (plus `vmap_group_size`).
 Evaluation runs per run on an unstacked copy, through the same eval step as train.py.
@@ -35,14 +35,15 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from resnet_jax import checkpoint, datasets, input_pipeline, metrics, optim, parallel
+from resnet_jax import checkpoint, metrics, optim, parallel
+from resnet_jax.data import batching, in_memory, pipeline, registry
 from resnet_jax.model import build_model, model_name
 from resnet_jax import sweep, train
 from resnet_jax.parallel import DATA_AXIS
 from resnet_jax.errors import ConfigError
 
 
-def _same_dataset(a: datasets.InMemoryDataset, b: datasets.InMemoryDataset) -> bool:
+def _same_dataset(a: in_memory.InMemoryDataset, b: in_memory.InMemoryDataset) -> bool:
   return (a.mean == b.mean and a.std == b.std and
           np.array_equal(a.train.labels, b.train.labels) and
           np.array_equal(a.test.labels, b.test.labels) and
@@ -58,9 +59,9 @@ def _check_group(runs: Sequence[sweep.Run]) -> None:
   keys = {sweep.architecture_key(run.config) for run in runs}
   if len(keys) != 1:
     raise ValueError('a vmapped group must differ only in ' + ', '.join(sweep.VMAPPABLE_KEYS))
-  if runs[0].config.dataset.name == 'imagenet2012':
-    raise ConfigError('vmapped sweeps need an in-memory dataset, not imagenet2012; '
-                      'use --sweep_vmap=off')
+  if registry.lookup(runs[0].config.dataset).streamed:
+    raise ConfigError(f'vmapped sweeps need an in-memory dataset, not '
+                      f'{runs[0].config.dataset.name}; use --sweep_vmap=off')
   if runs[0].config.init_from or runs[0].config.finetune_mode != 'full':
     raise ConfigError('vmapped sweeps train from scratch; use --sweep_vmap=off for fine-tuning')
 
@@ -82,18 +83,18 @@ class _GroupTraining:
     self.replicated = parallel.replicated(mesh)
 
     # Data: one copy when every run sees the same data (real datasets ignore the seed).
-    loaded = [datasets.load_in_memory(run.config.dataset, seed=run.config.seed) for run in runs]
+    loaded = [in_memory.load(run.config.dataset, seed=run.config.seed) for run in runs]
     self.dataset_of = []
-    unique: list[datasets.InMemoryDataset] = []
+    unique: list[in_memory.InMemoryDataset] = []
     for dataset in loaded:
       match = next((i for i, d in enumerate(unique) if _same_dataset(d, dataset)), None)
       if match is None:
         unique.append(dataset)
         match = len(unique) - 1
       self.dataset_of.append(match)
-    eval_batch = train.eval_batch(config, mesh)
-    self.pipelines = [input_pipeline.InMemoryInput(d, mesh, config.seed, config.batch_size,
-                                                   eval_batch) for d in unique]
+    eval_batch = pipeline.eval_batch_size(config, mesh)
+    self.pipelines = [pipeline.InMemoryInput(d, mesh, config.seed, config.batch_size, eval_batch,
+                                             config.dataset.normalization) for d in unique]
     self.num_train = self.pipelines[0].num_train
     self.num_classes = unique[0].num_classes
     self.steps_per_epoch = self.num_train // config.batch_size
@@ -111,7 +112,7 @@ class _GroupTraining:
     # Each run's own optimiser, so its state holds its own lr / wd / momentum.
     self.txs = [optim.create_optimizer(run.config, self.steps_per_epoch, self.total_steps)
                 for run in runs]
-    self.mean_std = [(unique[i].mean, unique[i].std) for i in self.dataset_of]
+    self.mean_std = [(self.pipelines[i].mean, self.pipelines[i].std) for i in self.dataset_of]
 
   # --------------------------------------------------------------- compiled pieces
 
@@ -137,7 +138,7 @@ class _GroupTraining:
         [self.pipelines[i].train_arrays for i in self.dataset_of])
 
   def _batch(self, step: int) -> dict:
-    indices = np.stack([datasets.train_batch_indices(run.config.seed, step, self.num_train,
+    indices = np.stack([batching.train_batch_indices(run.config.seed, step, self.num_train,
                                                      self.config.batch_size)
                         for run in self.runs])
     return parallel.put({'indices': indices},
@@ -334,7 +335,7 @@ def measure(runs: Sequence[sweep.Run], steps: int = 3, repeats: int = 1) -> dict
   def one_by_one(states, first_step):
     for r, run in enumerate(runs):
       for step in range(first_step, first_step + steps):
-        indices = datasets.train_batch_indices(run.config.seed, step, training.num_train,
+        indices = batching.train_batch_indices(run.config.seed, step, training.num_train,
                                                config.batch_size)
         states[r], _ = single_step(states[r], single_arrays,
                                    parallel.put({'indices': indices}, sharded))

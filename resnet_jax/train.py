@@ -33,10 +33,12 @@ from absl import logging
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
-from resnet_jax import augment, checkpoint, datasets, input_pipeline, metrics, optim, parallel
+from resnet_jax import checkpoint, data, metrics, optim, parallel
 from resnet_jax import config as config_lib
 from resnet_jax.model import architecture, build_model, model_name, stack_repeated_blocks, unrolled
 from resnet_jax.parallel import DATA_AXIS
+from resnet_jax.data import augment
+from resnet_jax.data.pipeline import local_batch
 from resnet_jax.errors import ConfigChanged, ConfigError, TrainingDiverged, WorkdirError
 
 
@@ -64,7 +66,7 @@ def device_images(images, keys, config, mean, std, dtype):
   zero in the normalised space, the mean colour (fb.resnet.torch datasets/cifar10.lua:
   ColorNormalize before RandomCrop; He et al.'s mean-subtracted Caffe inputs); 'black'
   pads the uint8 pixels first, as torchvision's RandomCrop on images does. float32 images
-  arrive normalised already (a pixel_mean or zca normalisation; input_pipeline.local_batch).
+  arrive normalised already (a pixel_mean or zca normalisation; pipeline.local_batch).
   """
   crop = keys is not None and (config.augment.crop_padding or config.augment.flip)
   black = config.augment.pad_mode == 'black'
@@ -110,7 +112,7 @@ def make_local_train_step(model, tx, multiplier, config, mean, std, num_classes:
   dtype = model.dtype
 
   def local_step(state: TrainState, arrays, batch):
-    images, labels = input_pipeline.local_batch(arrays, batch)
+    images, labels = local_batch(arrays, batch)
     local_size = labels.shape[0]
     step_key = jax.random.fold_in(state.rng, state.step)
     augment_key, dropout_key = jax.random.split(step_key)
@@ -160,7 +162,7 @@ def make_eval_step(model, config, mesh, mean, std, num_classes: int):
   dtype = model.dtype
 
   def local_eval(state: TrainState, arrays, batch):
-    images, labels = input_pipeline.local_batch(arrays, batch)
+    images, labels = local_batch(arrays, batch)
     crops = images.shape[1] if images.ndim == 5 else 1  # ten-crop: [N, 10, H, W, C]
     inputs = device_images(images.reshape((-1,) + images.shape[-3:]), None, config, mean,
                            std, dtype)
@@ -453,28 +455,6 @@ class DivergenceGuard:
         'warmup_epochs or set grad_clip_norm.')
 
 
-def _make_pipeline(config, mesh):
-  if config.dataset.name == 'imagenet2012':
-    num_classes = datasets.num_classes(config.dataset)
-    split_sizes = datasets.imagenet_split_sizes(config.dataset)
-    pipeline = input_pipeline.StreamingInput(
-        config.dataset, mesh, config.seed, config.batch_size, eval_batch(config, mesh),
-        num_train=split_sizes['train'], num_test=split_sizes['validation'],
-        augment_config=config.augment)
-    return pipeline, num_classes, datasets.IMAGENET_MEAN, datasets.IMAGENET_STD
-  dataset = datasets.load_in_memory(config.dataset, seed=config.seed)
-  pipeline = input_pipeline.InMemoryInput(dataset, mesh, config.seed, config.batch_size,
-                                          eval_batch(config, mesh))
-  if config.dataset.normalization == 'imagenet':  # what torchvision's pretrained weights expect
-    return pipeline, dataset.num_classes, datasets.IMAGENET_MEAN, datasets.IMAGENET_STD
-  return pipeline, dataset.num_classes, dataset.mean, dataset.std
-
-
-def eval_batch(config, mesh) -> int:
-  """The eval batch, rounded up to a multiple of the device count (padding is masked)."""
-  return -(-config.eval_batch_size // mesh.size) * mesh.size
-
-
 def _mean_metrics(pending: list[dict]) -> dict[str, float]:
   fetched = jax.device_get(pending)
   return {key: float(np.mean([m[key] for m in fetched])) for key in fetched[0]}
@@ -621,7 +601,8 @@ def _train_and_evaluate(config, workdir: Path, preemption: PreemptionFlag) -> di
   mesh = parallel.data_mesh()
   parallel.check_divisible(config.batch_size, 'batch_size', mesh)
 
-  pipeline, num_classes, mean, std = _make_pipeline(config, mesh)
+  pipeline = data.make_pipeline(config, mesh)
+  num_classes, mean, std = pipeline.num_classes, pipeline.mean, pipeline.std
   steps_per_epoch = pipeline.num_train // config.batch_size
   if steps_per_epoch < 1:
     raise ConfigError(f'batch_size={config.batch_size} exceeds the {pipeline.num_train} '

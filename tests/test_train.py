@@ -16,8 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnet_jax import checkpoint, config as config_lib, errors, metrics, optim, parallel
-from resnet_jax import preprocessing, train
+from resnet_jax import checkpoint, config as config_lib, errors, metrics, optim, parallel, train
+from resnet_jax.data import preprocessing
 from resnet_jax.model import presets
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -327,8 +327,8 @@ def test_evaluation_covers_the_whole_test_split_with_the_padding_masked(tmp_path
   """256 test images in batches of 96: the last batch is padded, and the padding ignored."""
   config = tiny_config(eval_batch_size=96, num_train_steps=2)
   results = train.train_and_evaluate(config, tmp_path)
-  from resnet_jax import datasets
-  dataset = datasets.load_in_memory(config.dataset, seed=config.seed)
+  from resnet_jax.data import in_memory
+  dataset = in_memory.load(config.dataset, seed=config.seed)
   mesh = parallel.data_mesh()
   state_template, _ = make_step(config, mesh)
   _, state = checkpoint.Checkpointer(tmp_path / 'checkpoints').restore_latest(

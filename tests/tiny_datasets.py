@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from resnet_jax import data_formats
+from resnet_jax.data import formats
 
 CIFAR10_CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog',
                    'horse', 'ship', 'truck')
@@ -175,4 +175,4 @@ def cifar10_tarball(tmp_path):
 def forbid_decoding(monkeypatch):
   def fail(*args, **kwargs):
     raise AssertionError('decoded again although the cache holds this copy')
-  monkeypatch.setattr(data_formats, 'decode_tree', fail)
+  monkeypatch.setattr(formats, 'decode_tree', fail)

@@ -1,30 +1,16 @@
-"""Datasets: in-memory uint8 arrays for small datasets, a grain stream for ImageNet.
+"""Small datasets as uint8 arrays: loaded once, then held on the accelerator.
 
-Small datasets (CIFAR-10/100, SVHN, image folders, synthetic data) are decoded
-once into uint8 NHWC numpy arrays, cached as raw .npy files, and then live on
-the accelerator; augmentation runs inside the jitted step (resnet_jax.augment).
-Batches are chosen by index from a permutation that depends only on
-(seed, epoch), so any step can be recomputed on resume and the order does not
-depend on how many devices or processes share the batch.
+CIFAR-10/100, SVHN, image folders and synthetic data (any row of registry.py that is not
+streamed) are decoded once into uint8 NHWC numpy arrays (sources.py, formats.py), cached
+as raw .npy files (cache.py), and then live on the accelerator; augmentation runs inside
+the jitted step (augment.py). `load` also holds out the validation split, draws the
+max_train_examples subset (batching.py) and measures or fits the normalisation.
 
-ImageNet streams from a tfds-prepared copy (`tfds.data_source`, array_record)
-through grain, with the same seeded index plan, so resuming at a step replays
-exactly the batches a run without interruption would have seen.
+`num_classes` is the class count of any dataset, known without decoding it.
 
-No TensorFlow is needed at run time: archives and folders are parsed with
-numpy, pickle, scipy and Pillow; tfds is used only for verified downloads and
-for reading array_record copies it prepared.
-
-This module is the public API; the work is done by
-  dataset_types   the error and array types they all share,
-  dataset_config  reading and checking the dataset config,
-  data_sources    a local copy, a tfds data_dir or a verified download,
-  data_formats    archives, folders and the CIFAR/SVHN/image-folder parsers,
-  data_cache      the decoded arrays on disk,
-  preprocessing   the per-pixel normalisations fitted on the train split,
-  batching        the seeded batch plans,
-  imagenet        the streamed ImageNet pipeline,
-whose public names are re-exported here.
+No TensorFlow is needed at run time: archives and folders are parsed with numpy, pickle,
+scipy and Pillow; tfds is used only for verified downloads and for reading array_record
+copies it prepared.
 """
 
 import dataclasses
@@ -32,21 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from resnet_jax import data_cache, data_formats, data_sources, dataset_config, preprocessing
-from resnet_jax.batching import epoch_permutation, eval_batches, train_batch_indices
-from resnet_jax.dataset_config import IN_MEMORY, STREAMED
-from resnet_jax.dataset_types import ArraySplit, DecodedCopy, Source
+from resnet_jax.data import batching, cache, formats, preprocessing, registry, sources
+from resnet_jax.data.formats import ArraySplit, DecodedCopy
+from resnet_jax.data.sources import Source
 from resnet_jax.errors import DatasetError
-from resnet_jax.imagenet import (IMAGENET_MEAN, IMAGENET_STD, center_crop_box, eval_transform,
-                                 imagenet_split_sizes, imagenet_stream,
-                                 random_resized_crop_box, train_transform)
-
-__all__ = [
-    'ArraySplit', 'DatasetError', 'IMAGENET_MEAN', 'IMAGENET_STD', 'IN_MEMORY',
-    'InMemoryDataset', 'STREAMED', 'center_crop_box', 'epoch_permutation', 'eval_batches',
-    'eval_transform', 'imagenet_split_sizes', 'imagenet_stream', 'load_in_memory',
-    'num_classes', 'random_resized_crop_box', 'train_batch_indices', 'train_transform',
-]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,35 +38,33 @@ class InMemoryDataset:
   fitted: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
 
-_FIXED_NUM_CLASSES = {
-    'cifar10': 10, 'cifar100': 100, 'svhn_cropped': 10, 'imagenet2012': 1000}
-
 _SYNTHETIC_TRAIN_SIZE = 1024
 _SYNTHETIC_TEST_SIZE = 256
 
 
 # ----------------------------------------------------------------------------
-# Public entry points for in-memory datasets.
+# The entry points.
 # ----------------------------------------------------------------------------
 
 
 def num_classes(dataset_cfg) -> int:
   """Number of classes, known without decoding the data.
 
-  Fixed for the named datasets; `dataset.num_classes` for synthetic data; for
-  'folder' the `num_classes` key if set, else the class names of a cached copy,
+  The row's count where it has one; `dataset.num_classes` for synthetic data; otherwise
+  (an image folder) the `num_classes` key if set, else the class names of a cached copy,
   else the class directories under the path's train/ split.
   """
-  name = dataset_config.dataset_name(dataset_cfg)
+  dataset = registry.lookup(dataset_cfg)
+  name = dataset.name
   configured = int(dataset_cfg.get('num_classes', -1))
-  if name in _FIXED_NUM_CLASSES:
-    fixed = _FIXED_NUM_CLASSES[name]
+  if dataset.num_classes is not None:
+    fixed = dataset.num_classes
     if configured not in (-1, fixed):
       raise DatasetError(
           f'dataset.num_classes={configured} contradicts {name}, which has'
           f' {fixed} classes; set dataset.num_classes=-1')
     return fixed
-  if name == 'synthetic':
+  if dataset.synthetic:
     if configured < 2:
       raise DatasetError(
           f'synthetic data needs dataset.num_classes >= 2 (got {configured});'
@@ -102,7 +75,7 @@ def num_classes(dataset_cfg) -> int:
   return len(_folder_class_names(dataset_cfg))
 
 
-def load_in_memory(dataset_cfg, seed: int = 0) -> InMemoryDataset:
+def load(dataset_cfg, seed: int = 0) -> InMemoryDataset:
   """Loads a small dataset as uint8 arrays, decoding it at most once per cache.
 
   `seed` draws the `validation_examples` hold-out (and synthetic data). The
@@ -110,17 +83,18 @@ def load_in_memory(dataset_cfg, seed: int = 0) -> InMemoryDataset:
   hold-out it is the same for every seed; the test split is always complete. mean/std,
   and a pixel_mean or zca normalisation, are fitted on the train split that remains.
   """
-  name = dataset_config.dataset_name(dataset_cfg)
-  if name not in IN_MEMORY:
+  dataset = registry.lookup(dataset_cfg)
+  name = dataset.name
+  if dataset.streamed:
     raise DatasetError(
         f'{name} is too large to hold in memory; stream it with imagenet_stream'
-        ' (the train loop does this for dataset.name=imagenet2012)')
+        f' (the train loop does this for dataset.name={name})')
   entry = None
-  if name == 'synthetic':
+  if dataset.synthetic:
     copy = _synthetic_copy(dataset_cfg, seed)
     moments = _pixel_moments(copy.train.images)
   else:
-    copy, moments, entry = _cached_copy(dataset_cfg, name)
+    copy, moments, entry = _cached_copy(dataset_cfg)
     expected_classes = _expected_num_classes(dataset_cfg, name)
     if expected_classes not in (None, len(copy.class_names)):
       raise DatasetError(
@@ -151,11 +125,12 @@ def _train_and_validation_ids(dataset_cfg, labels: np.ndarray, classes: int, see
   validation example.
   """
   validation_examples = int(dataset_cfg.get('validation_examples', 0))
-  split = dataset_config.validation_split(labels, classes, validation_examples, seed, name)
+  split = batching.validation_split(labels, classes, validation_examples, seed, name)
   remaining, validation_ids = (None, None) if split is None else split
-  max_train = -1 if name == 'synthetic' else int(dataset_cfg.get('max_train_examples', -1))
+  synthetic = registry.get(name).synthetic  # its train split is max_train_examples already
+  max_train = -1 if synthetic else int(dataset_cfg.get('max_train_examples', -1))
   count = len(labels) if remaining is None else len(remaining)
-  subset = dataset_config.train_subset(count, max_train, name, held_out=len(labels) - count)
+  subset = batching.train_subset(count, max_train, name, held_out=len(labels) - count)
   if subset is None:
     return remaining, validation_ids
   return (subset if remaining is None else remaining[subset]), validation_ids
@@ -167,17 +142,17 @@ def _fitted_normalization(dataset_cfg, train_images: np.ndarray, entry: Path | N
   normalization = dataset_cfg.get('normalization', 'dataset')
   if normalization != 'zca' or entry is None:  # the mean image costs well under a second
     return preprocessing.fit(normalization, train_images)
-  path = data_cache.fitted_path(entry, 'gcn55-zca0.1', train_ids)
-  fitted = data_cache.read_fitted(path)
+  path = cache.fitted_path(entry, 'gcn55-zca0.1', train_ids)
+  fitted = cache.read_fitted(path)
   if fitted is None:
     fitted = preprocessing.fit(normalization, train_images)
-    data_cache.write_fitted(path, fitted)
+    cache.write_fitted(path, fitted)
   return fitted
 
 
 def _expected_num_classes(dataset_cfg, name: str) -> int | None:
   """Class count the config promises before loading, or None for 'infer'."""
-  if name in _FIXED_NUM_CLASSES:
+  if registry.get(name).num_classes is not None:
     return num_classes(dataset_cfg)
   configured = int(dataset_cfg.get('num_classes', -1))
   return configured if configured > 0 else None
@@ -185,11 +160,11 @@ def _expected_num_classes(dataset_cfg, name: str) -> int | None:
 
 def _folder_class_names(dataset_cfg) -> tuple[str, ...]:
   """Class names of an image folder: from the cache if decoded before, else listed."""
-  source = _resolve_source(dataset_cfg, 'folder')
-  cached = data_cache.recorded_class_names(_cache_path(dataset_cfg, 'folder', source))
+  source = sources.resolve(dataset_cfg)
+  cached = cache.recorded_class_names(_cache_path(dataset_cfg, source))
   if cached is not None:
     return cached
-  return data_formats.folder_class_names(dataset_config.configured_path(dataset_cfg))
+  return formats.folder_class_names(sources.configured_path(dataset_cfg))
 
 
 # ----------------------------------------------------------------------------
@@ -204,7 +179,7 @@ def _synthetic_copy(dataset_cfg, seed: int) -> DecodedCopy:
   validation_examples to be held out of it.
   """
   classes = num_classes(dataset_cfg)
-  size = dataset_config.image_size(dataset_cfg, 'synthetic')
+  size = registry.image_size(dataset_cfg)
   max_train = int(dataset_cfg.get('max_train_examples', -1))
   if max_train == 0 or max_train < -1:
     raise DatasetError(
@@ -259,41 +234,19 @@ def _channel_stats(moments: np.ndarray, pixels_per_image: int):
 # ----------------------------------------------------------------------------
 
 
-def _cached_copy(dataset_cfg, name: str) -> tuple[DecodedCopy, np.ndarray, Path]:
+def _cached_copy(dataset_cfg) -> tuple[DecodedCopy, np.ndarray, Path]:
   """The decoded copy, its train moments and its cache entry (read, or decoded and written)."""
-  source = _resolve_source(dataset_cfg, name)
-  path = _cache_path(dataset_cfg, name, source)
-  cached = data_cache.read_entry(path)
+  source = sources.resolve(dataset_cfg)
+  path = _cache_path(dataset_cfg, source)
+  cached = cache.read_entry(path)
   if cached is not None:
     return (*cached, path)
   copy = source.decode()
   moments = _pixel_moments(copy.train.images)
-  data_cache.write_entry(path, copy, moments)
+  cache.write_entry(path, copy, moments)
   return copy, moments, path
 
 
-def _cache_path(dataset_cfg, name: str, source: Source) -> Path:
-  return data_cache.entry_path(dataset_config.cache_root(dataset_cfg), name,
-                               dataset_config.image_size(dataset_cfg, name), source.identity)
-
-
-def _resolve_source(dataset_cfg, name: str) -> Source:
-  """dataset.path (a tfds data_dir or a local copy), else tfds's data_dir, else a download."""
-  path = dataset_config.configured_path(dataset_cfg)
-  image_size = dataset_config.image_size(dataset_cfg, name)
-  if path is not None:
-    if not path.exists():
-      raise DatasetError(
-          f'dataset.path={path} does not exist; pass'
-          f' --config.dataset.path=<local copy>: {data_formats.ACCEPTED_FORMATS}')
-    if data_sources.is_tfds_data_dir(path, name):
-      return data_sources.tfds_source(path, name, image_size)
-    return data_sources.local_source(path, name, image_size)
-  if name == 'folder':
-    raise DatasetError(
-        "dataset.name='folder' needs --config.dataset.path=<directory or"
-        ' archive with train/<class>/<image> and test/<class>/<image>>')
-  default_data_dir = data_sources.default_tfds_data_dir()
-  if data_sources.is_tfds_data_dir(default_data_dir, name):
-    return data_sources.tfds_source(default_data_dir, name, image_size)
-  return data_sources.download_source(dataset_cfg, name, image_size)
+def _cache_path(dataset_cfg, source: Source) -> Path:
+  return cache.entry_path(cache.root(dataset_cfg), registry.lookup(dataset_cfg).name,
+                          registry.image_size(dataset_cfg), source.identity)

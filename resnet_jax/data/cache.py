@@ -18,7 +18,7 @@ import tempfile
 
 import numpy as np
 
-from resnet_jax.dataset_types import ArraySplit, DecodedCopy
+from resnet_jax.data.formats import ArraySplit, DecodedCopy
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,14 @@ _CACHE_ARRAYS = {  # file stem -> (dtype, ndim)
     'train_moments': (np.float64, 3),
     'test_images': (np.uint8, 4), 'test_labels': (np.int32, 1),
 }
+
+
+def root(dataset_cfg) -> Path:
+  """dataset.cache_dir, else $RESNET_JAX_CACHE, else ~/.cache/resnet_jax."""
+  configured = (dataset_cfg.get('cache_dir', '')
+                or os.environ.get('RESNET_JAX_CACHE', '')
+                or '~/.cache/resnet_jax')
+  return Path(configured).expanduser().absolute()
 
 
 def entry_path(cache_root: Path, name: str, image_size: int, identity: tuple) -> Path:

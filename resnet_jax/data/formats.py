@@ -2,11 +2,13 @@
 
 Parses the official CIFAR python and binary batches, SVHN's .mat files and
 image-folder trees with numpy, pickle, scipy and Pillow, so no TensorFlow is
-needed; large image folders are decoded in worker processes.
+needed; large image folders are decoded in worker processes. Each format is one entry
+of `FORMATS`: the files that identify it and its parser. Which datasets a format may
+hold is said by their rows (registry.py).
 """
 
-from collections.abc import Sequence
-import functools
+from collections.abc import Callable, Sequence
+import dataclasses
 import io
 import multiprocessing
 import os
@@ -19,7 +21,7 @@ import zlib
 import numpy as np
 from PIL import Image
 
-from resnet_jax.dataset_types import ArraySplit, DecodedCopy
+from resnet_jax.data import registry
 from resnet_jax.errors import DatasetError
 
 ACCEPTED_FORMATS = (
@@ -27,6 +29,21 @@ ACCEPTED_FORMATS = (
     ' with SVHN train_32x32.mat and test_32x32.mat, an image-folder tree'
     ' train/<class>/<image> + test/<class>/<image> (directory, .tar, .tar.gz'
     ' or .tgz), or a tfds data_dir holding the prepared dataset')
+
+
+@dataclasses.dataclass(frozen=True)
+class ArraySplit:
+  images: np.ndarray  # uint8 [N, H, W, 3], NHWC
+  labels: np.ndarray  # int32 [N]
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodedCopy:
+  """Both splits of one dataset copy, before any subsetting."""
+  source: str
+  train: ArraySplit
+  test: ArraySplit
+  class_names: tuple[str, ...]
 
 
 # ----------------------------------------------------------------------------
@@ -118,36 +135,31 @@ def _list_tree_names(path: Path) -> set[str]:
 
 
 # ----------------------------------------------------------------------------
-# Layouts: which official format a tree holds, and their parsers.
+# Formats: which official format a tree holds, and their parsers.
 # ----------------------------------------------------------------------------
 
+
+@dataclasses.dataclass(frozen=True)
+class Format:
+  identify: Callable[[set[str]], bool]  # the tree's file names -> whether it is this format
+  parse: Callable[['FileTree', int], DecodedCopy]  # (tree, image size) -> both splits
+
+
 _CIFAR10_TRAIN = tuple(f'data_batch_{i}' for i in range(1, 6))
-_LAYOUT_FILES = {  # layout -> files that identify it
-    'cifar10-python': _CIFAR10_TRAIN + ('test_batch', 'batches.meta'),
-    'cifar100-python': ('train', 'test', 'meta'),
-    'cifar10-binary': tuple(f'{f}.bin' for f in _CIFAR10_TRAIN) + (
-        'test_batch.bin', 'batches.meta.txt'),
-    'cifar100-binary': ('train.bin', 'test.bin', 'fine_label_names.txt'),
-    'svhn-mat': ('train_32x32.mat', 'test_32x32.mat'),
-}
-_LAYOUT_DATASETS = {  # layout -> dataset names it may hold
-    'cifar10-python': ('cifar10',), 'cifar10-binary': ('cifar10',),
-    'cifar100-python': ('cifar100',), 'cifar100-binary': ('cifar100',),
-    'svhn-mat': ('svhn_cropped',),
-    'image-folder': ('cifar10', 'cifar100', 'svhn_cropped', 'folder'),
-}
 _IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.ppm', '.tif',
                    '.tiff', '.webp')
 _EVAL_SPLIT_DIRS = ('test', 'val', 'validation')
 
 
-def _detect_layout(names: set[str], label: str) -> str:
-  for layout, required in _LAYOUT_FILES.items():
-    if names.issuperset(required):
-      return layout
-  if any(name.split('/', 1)[0] in ('train',) + _EVAL_SPLIT_DIRS and '/' in name
-         for name in names):
-    return 'image-folder'
+def _holds(*files: str) -> Callable[[set[str]], bool]:
+  return lambda names: names.issuperset(files)
+
+
+def _detect_format(names: set[str], label: str) -> str:
+  """The first format of FORMATS that identifies the tree (the image folder last)."""
+  for data_format, entry in FORMATS.items():
+    if entry.identify(names):
+      return data_format
   raise DatasetError(
       f'no recognised dataset layout in {label}; expected {ACCEPTED_FORMATS}')
 
@@ -157,20 +169,13 @@ def decode_local(path: Path, name: str, image_size: int) -> DecodedCopy:
 
 
 def decode_tree(tree: FileTree, name: str, image_size: int) -> DecodedCopy:
-  layout = _detect_layout(tree.names, tree.label)
-  if name not in _LAYOUT_DATASETS[layout]:
+  """The copy in `tree`, parsed, if the row of dataset `name` accepts its format."""
+  data_format = _detect_format(tree.names, tree.label)
+  if data_format not in registry.get(name).formats:
     raise DatasetError(
-        f'{tree.label} holds {layout} data, not {name}; set dataset.name to one of'
-        f' {_LAYOUT_DATASETS[layout]} or point dataset.path at a {name} copy')
-  parsers = {
-      'cifar10-python': _parse_cifar10_python,
-      'cifar100-python': _parse_cifar100_python,
-      'cifar10-binary': _parse_cifar10_binary,
-      'cifar100-binary': _parse_cifar100_binary,
-      'svhn-mat': _parse_svhn_mat,
-      'image-folder': functools.partial(_parse_image_folder, image_size=image_size),
-  }
-  copy = parsers[layout](tree)
+        f'{tree.label} holds {data_format} data, not {name}; set dataset.name to one of'
+        f' {registry.accepting(data_format)} or point dataset.path at a {name} copy')
+  copy = FORMATS[data_format].parse(tree, image_size)
   check_decoded(copy, image_size)
   return copy
 
@@ -251,7 +256,8 @@ def _pickled_names(tree: FileTree, member: str, key: bytes) -> tuple[str, ...]:
                        ' re-download the CIFAR python tarball') from err
 
 
-def _parse_cifar10_python(tree: FileTree) -> DecodedCopy:
+def _parse_cifar10_python(tree: FileTree, image_size: int) -> DecodedCopy:
+  del image_size  # 32x32 by the format; check_decoded compares it with the config
   return DecodedCopy(
       source=tree.label,
       train=_cifar_python_split(tree, _CIFAR10_TRAIN, b'labels'),
@@ -259,7 +265,8 @@ def _parse_cifar10_python(tree: FileTree) -> DecodedCopy:
       class_names=_pickled_names(tree, 'batches.meta', b'label_names'))
 
 
-def _parse_cifar100_python(tree: FileTree) -> DecodedCopy:
+def _parse_cifar100_python(tree: FileTree, image_size: int) -> DecodedCopy:
+  del image_size  # 32x32 by the format; check_decoded compares it with the config
   return DecodedCopy(
       source=tree.label,
       train=_cifar_python_split(tree, ('train',), b'fine_labels'),
@@ -289,7 +296,8 @@ def _text_lines(tree: FileTree, member: str) -> tuple[str, ...]:
                if line.strip())
 
 
-def _parse_cifar10_binary(tree: FileTree) -> DecodedCopy:
+def _parse_cifar10_binary(tree: FileTree, image_size: int) -> DecodedCopy:
+  del image_size  # 32x32 by the format; check_decoded compares it with the config
   return DecodedCopy(
       source=tree.label,
       train=_cifar_binary_split(tree, [f'{f}.bin' for f in _CIFAR10_TRAIN], 1),
@@ -297,8 +305,9 @@ def _parse_cifar10_binary(tree: FileTree) -> DecodedCopy:
       class_names=_text_lines(tree, 'batches.meta.txt'))
 
 
-def _parse_cifar100_binary(tree: FileTree) -> DecodedCopy:
+def _parse_cifar100_binary(tree: FileTree, image_size: int) -> DecodedCopy:
   """CIFAR-100 binary records carry a coarse then a fine label byte; we keep the fine."""
+  del image_size  # 32x32 by the format; check_decoded compares it with the config
   return DecodedCopy(
       source=tree.label,
       train=_cifar_binary_split(tree, ['train.bin'], 2),
@@ -324,7 +333,8 @@ def _svhn_split(tree: FileTree, member: str) -> ArraySplit:
       (labels.reshape(-1) % 10).astype(np.int32))
 
 
-def _parse_svhn_mat(tree: FileTree) -> DecodedCopy:
+def _parse_svhn_mat(tree: FileTree, image_size: int) -> DecodedCopy:
+  del image_size  # 32x32 by the format; check_decoded compares it with the config
   return DecodedCopy(
       source=tree.label,
       train=_svhn_split(tree, 'train_32x32.mat'),
@@ -426,3 +436,24 @@ def _decode_image(label: str, name: str, blob: bytes, image_size: int) -> np.nda
     raise DatasetError(
         f'cannot decode image {name} in {label} ({type(err).__name__}: {err});'
         ' delete or replace that file') from err
+
+
+# ----------------------------------------------------------------------------
+# The formats, in the order they are tried; a new one is an entry and its parser.
+# ----------------------------------------------------------------------------
+
+FORMATS: dict[str, Format] = {
+    'cifar10-python': Format(_holds(*_CIFAR10_TRAIN, 'test_batch', 'batches.meta'),
+                             _parse_cifar10_python),
+    'cifar100-python': Format(_holds('train', 'test', 'meta'), _parse_cifar100_python),
+    'cifar10-binary': Format(
+        _holds(*(f'{f}.bin' for f in _CIFAR10_TRAIN), 'test_batch.bin', 'batches.meta.txt'),
+        _parse_cifar10_binary),
+    'cifar100-binary': Format(_holds('train.bin', 'test.bin', 'fine_label_names.txt'),
+                              _parse_cifar100_binary),
+    'svhn-mat': Format(_holds('train_32x32.mat', 'test_32x32.mat'), _parse_svhn_mat),
+    # Any file below train/ or an evaluation split's folder: tried last.
+    'image-folder': Format(lambda names: any(
+        name.split('/', 1)[0] in ('train',) + _EVAL_SPLIT_DIRS and '/' in name
+        for name in names), _parse_image_folder),
+}

@@ -1,11 +1,11 @@
-"""resnet_jax.batching: batch plans that depend only on (seed, step)."""
+"""resnet_jax/data/batching.py: batch plans that depend only on (seed, step)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from resnet_jax import batching
+from resnet_jax.data import batching
 from resnet_jax.errors import DatasetError
 
 from tiny_datasets import assert_one_line

@@ -1,55 +1,79 @@
-"""Reading the dataset config: the name, image size, path, cache root, validation hold-out
-and train subset.
+"""Which examples a run trains on, holds out and batches: all from seeds alone.
 
-The in-memory loader, the sources and the ImageNet stream all read these
-values here, so each is checked once and a bad one fails with the same
-one-line DatasetError naming the fix.
+The batch plan is a pure function of the seed and the step, so any step can be
+recomputed on resume, and the order does not depend on how many devices or
+processes share the batch. The max_train_examples subset and the validation hold-out
+are drawn once from fixed and run seeds.
 """
 
-import os
-from pathlib import Path
+from collections.abc import Iterator
+import functools
 
 import numpy as np
 
 from resnet_jax.errors import DatasetError
 
-IN_MEMORY = ('cifar10', 'cifar100', 'svhn_cropped', 'synthetic', 'folder')
-STREAMED = ('imagenet2012',)
-
 # Fixed seed of the max_train_examples subset: the subset must not move when
 # the training seed changes, so runs with different seeds see the same data.
 _SUBSET_SEED = 0
 # Mixed with config.seed to draw the validation hold-out, so that its RNG stream is not
-# the one the batch plan draws from (batching uses [seed, epoch]).
+# the one the batch plan draws from ([seed, epoch]).
 _VALIDATION_STREAM = 0x76616C  # 'val'
 
 
-def dataset_name(dataset_cfg) -> str:
-  name = dataset_cfg.get('name', '')
-  if name not in IN_MEMORY + STREAMED:
+@functools.lru_cache(maxsize=4)
+def _shared_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+  permutation = np.random.default_rng([seed, epoch]).permutation(n).astype(np.int32)
+  permutation.setflags(write=False)
+  return permutation
+
+
+def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+  """The order of examples in one epoch: int32 [n], a function of (seed, epoch) only.
+
+  Every process computes the same order, whatever the device or process count.
+  """
+  return _shared_permutation(seed, epoch, n).copy()
+
+
+def steps_per_epoch(n: int, global_batch: int) -> int:
+  steps = n // global_batch
+  if steps < 1:
     raise DatasetError(
-        f'unknown dataset.name={name!r}; use one of {IN_MEMORY + STREAMED}')
-  return name
+        f'global batch {global_batch} exceeds the {n} training examples; lower'
+        ' the batch size or raise dataset.max_train_examples')
+  return steps
 
 
-def image_size(dataset_cfg, name: str) -> int:
-  default = 224 if name in STREAMED else 32
-  size = int(dataset_cfg.get('image_size', default))
-  if size < 1:
-    raise DatasetError(f'dataset.image_size={size} must be a positive number of pixels')
-  return size
+def train_slice(seed: int, step: int, n: int, global_batch: int) -> np.ndarray:
+  """Read-only view of the step's indices in the (cached) epoch permutation."""
+  epoch, offset = divmod(step, steps_per_epoch(n, global_batch))
+  start = offset * global_batch
+  return _shared_permutation(seed, epoch, n)[start:start + global_batch]
 
 
-def configured_path(dataset_cfg) -> Path | None:
-  path = dataset_cfg.get('path', '')
-  return Path(path).expanduser().absolute() if path else None
+def train_batch_indices(seed: int, step: int, n: int, global_batch: int) -> np.ndarray:
+  """Indices of the examples of training step `step`: int32 [global_batch].
+
+  An epoch is n // global_batch steps; the last n % global_batch examples of
+  each epoch's permutation are dropped, so which ones changes with the epoch.
+  """
+  return train_slice(seed, step, n, global_batch).copy()
 
 
-def cache_root(dataset_cfg) -> Path:
-  configured = (dataset_cfg.get('cache_dir', '')
-                or os.environ.get('RESNET_JAX_CACHE', '')
-                or '~/.cache/resnet_jax')
-  return Path(configured).expanduser().absolute()
+def eval_batches(n: int, global_batch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  """Yields (indices int32 [global_batch], mask bool [global_batch]) covering 0..n-1 once.
+
+  The last batch is padded with index 0 and masked, never dropped, so metrics
+  average over exactly the n examples while every batch keeps one shape.
+  """
+  for start in range(0, n, global_batch):
+    positions = np.arange(start, start + global_batch)
+    mask = positions < n
+    yield np.where(mask, positions, 0).astype(np.int32), mask
+
+
+# ----------------------------------------------------------------------------- subsets
 
 
 def train_subset(num_train: int, max_train_examples: int, name: str,

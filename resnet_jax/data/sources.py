@@ -1,10 +1,13 @@
 """Where a small dataset's copy comes from: a local copy, a tfds data_dir, or a download.
 
-Each source is a cache identity and a decoder (dataset_types.Source). tfds is
-used only to read array_record copies it prepared and to download the official
-files verified against its registered checksums; both need no TensorFlow.
+Each source is a cache identity and a decoder (`Source`); `resolve` picks one from the
+config and the dataset's row. tfds is used only to read array_record copies it prepared
+and to download the official files verified against its registered checksums; both need
+no TensorFlow.
 """
 
+from collections.abc import Callable
+import dataclasses
 import functools
 import hashlib
 import os
@@ -15,9 +18,44 @@ import urllib.request
 
 import numpy as np
 
-from resnet_jax import data_formats, dataset_config
-from resnet_jax.dataset_types import ArraySplit, DecodedCopy, Source
+from resnet_jax.data import cache, formats, registry
+from resnet_jax.data.formats import ArraySplit, DecodedCopy
 from resnet_jax.errors import DatasetError
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """Where a dataset copy comes from: a cache identity and its decoder."""
+  identity: tuple
+  decode: Callable[[], DecodedCopy]
+
+
+def configured_path(dataset_cfg) -> Path | None:
+  path = dataset_cfg.get('path', '')
+  return Path(path).expanduser().absolute() if path else None
+
+
+def resolve(dataset_cfg) -> Source:
+  """dataset.path (a tfds data_dir or a local copy), else tfds's data_dir, else a download."""
+  dataset = registry.lookup(dataset_cfg)
+  path = configured_path(dataset_cfg)
+  image_size = registry.image_size(dataset_cfg)
+  if path is not None:
+    if not path.exists():
+      raise DatasetError(
+          f'dataset.path={path} does not exist; pass'
+          f' --config.dataset.path=<local copy>: {formats.ACCEPTED_FORMATS}')
+    if is_tfds_data_dir(path, dataset.tfds_name):
+      return tfds_source(path, dataset.name, image_size)
+    return local_source(path, dataset.name, image_size)
+  default_data_dir = default_tfds_data_dir()
+  if is_tfds_data_dir(default_data_dir, dataset.tfds_name):
+    return tfds_source(default_data_dir, dataset.name, image_size)
+  if not dataset.download:
+    copy = ('directory or archive with train/<class>/<image> and test/<class>/<image>'
+            if dataset.formats == ('image-folder',) else f'a copy in one of {dataset.formats}')
+    raise DatasetError(f'dataset.name={dataset.name!r} needs --config.dataset.path=<{copy}>')
+  return download_source(dataset_cfg, dataset.name, image_size)
 
 
 def default_tfds_data_dir() -> Path:
@@ -25,15 +63,15 @@ def default_tfds_data_dir() -> Path:
   return Path(os.environ.get('TFDS_DATA_DIR', '~/tensorflow_datasets')).expanduser()
 
 
-def is_tfds_data_dir(data_dir: Path, name: str) -> bool:
-  """True if tfds prepared `name` under data_dir (a dataset_info.json exists)."""
-  return any((data_dir / name).glob('*/dataset_info.json'))
+def is_tfds_data_dir(data_dir: Path, tfds_name: str | None) -> bool:
+  """True if tfds prepared `tfds_name` under data_dir (a dataset_info.json exists)."""
+  return tfds_name is not None and any((data_dir / tfds_name).glob('*/dataset_info.json'))
 
 
 def local_source(path: Path, name: str, image_size: int) -> Source:
-  """A copy at dataset.path in one of data_formats.ACCEPTED_FORMATS."""
+  """A copy at dataset.path in one of formats.ACCEPTED_FORMATS."""
   return Source(identity=('local', str(path), _fingerprint(path)),
-                decode=functools.partial(data_formats.decode_local, path, name, image_size))
+                decode=functools.partial(formats.decode_local, path, name, image_size))
 
 
 def _fingerprint(path: Path) -> list:
@@ -58,8 +96,9 @@ def _fingerprint(path: Path) -> list:
 
 
 def tfds_source(data_dir: Path, name: str, image_size: int) -> Source:
+  tfds_name = registry.get(name).tfds_name
   return Source(
-      identity=('tfds', str(data_dir), _fingerprint(data_dir / name)),
+      identity=('tfds', str(data_dir), _fingerprint(data_dir / tfds_name)),
       decode=functools.partial(_read_tfds_copy, data_dir, name, image_size))
 
 
@@ -67,13 +106,15 @@ def _read_tfds_copy(data_dir: Path, name: str, image_size: int) -> DecodedCopy:
   """Reads a tfds-prepared copy through `tfds.data_source` (array_record, no TF)."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
-  label_names = tfds.builder(name, data_dir=str(data_dir)).info.features['label'].names
-  splits = {split: _read_tfds_split(tfds.data_source(
-      name, split=split, data_dir=str(data_dir), download=False))
-            for split in ('train', 'test')}
-  copy = DecodedCopy(source=f'{data_dir}/{name}', train=splits['train'],
-                     test=splits['test'], class_names=tuple(label_names))
-  data_formats.check_decoded(copy, image_size)
+  dataset = registry.get(name)
+  tfds_name = dataset.tfds_name
+  label_names = tfds.builder(tfds_name, data_dir=str(data_dir)).info.features['label'].names
+  train, test = (_read_tfds_split(tfds.data_source(
+      tfds_name, split=split, data_dir=str(data_dir), download=False))
+                 for split in dataset.splits)
+  copy = DecodedCopy(source=f'{data_dir}/{tfds_name}', train=train, test=test,
+                     class_names=tuple(label_names))
+  formats.check_decoded(copy, image_size)
   return copy
 
 
@@ -88,29 +129,15 @@ def _read_tfds_split(source) -> ArraySplit:
 # Verified downloads of the official files, through tfds's DownloadManager.
 # ----------------------------------------------------------------------------
 
-# Official URLs, exactly as tfds registers them with sizes and sha256 checksums.
-_CIFAR_URLS = {
-    'cifar10': {'archive': 'https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz'},
-    'cifar100': {'archive': 'https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz'},
-}
-_SVHN_URLS = {
-    'train_32x32.mat': 'http://ufldl.stanford.edu/housenumbers/train_32x32.mat',
-    'test_32x32.mat': 'http://ufldl.stanford.edu/housenumbers/test_32x32.mat',
-}
-
-
-def _download_urls(name: str) -> dict[str, str]:
-  return _SVHN_URLS if name == 'svhn_cropped' else _CIFAR_URLS[name]
-
-
 def download_source(dataset_cfg, name: str, image_size: int) -> Source:
-  """Downloads the official files through tfds, checked against its checksums.
+  """Downloads the official files of the dataset's row through tfds, checked against its
+  checksums.
 
   The identity is the URLs themselves: tfds verifies every byte against the
   registered sha256, so the same URL always means the same content.
   """
-  urls = _download_urls(name)
-  download_dir = dataset_config.cache_root(dataset_cfg) / 'downloads'
+  urls = dict(registry.get(name).download)
+  download_dir = cache.root(dataset_cfg) / 'downloads'
   return Source(
       identity=('download', sorted(urls.values())),
       decode=functools.partial(_download_and_decode, name, urls, download_dir,
@@ -130,12 +157,12 @@ def _download_and_decode(name: str, urls: dict[str, str], download_dir: Path,
   except Exception as err:  # noqa: BLE001 - any failure means "use a local copy".
     raise DatasetError(
         f'could not download {name} ({type(err).__name__}: {err}); pass'
-        f' --config.dataset.path=<local copy>: {data_formats.ACCEPTED_FORMATS}') from err
-  if name == 'svhn_cropped':
-    tree = data_formats.FileTree(str(download_dir), dict(downloaded.items()))
-  else:
-    tree = data_formats.open_tree(Path(downloaded['archive']))
-  return data_formats.decode_tree(tree, name, image_size)
+        f' --config.dataset.path=<local copy>: {formats.ACCEPTED_FORMATS}') from err
+  if 'archive' in downloaded:  # one tarball of the whole copy
+    tree = formats.open_tree(Path(downloaded['archive']))
+  else:  # the copy's files themselves
+    tree = formats.FileTree(str(download_dir), dict(downloaded.items()))
+  return formats.decode_tree(tree, name, image_size)
 
 
 def _check_host_resolves(url: str) -> None:
@@ -149,7 +176,7 @@ def _check_host_resolves(url: str) -> None:
 
 
 def _registered_url_infos(name: str) -> dict:
-  """Sizes and sha256 tfds ships for `name`'s URLs; a KeyError if it has none.
+  """Sizes and sha256 tfds ships for the URLs of `name`'s row; a KeyError if it has none.
 
   CIFAR's are in tfds's global url_checksums/; SVHN's live beside its builder,
   whose class we do not load (that needs importlib_resources).
@@ -157,9 +184,10 @@ def _registered_url_infos(name: str) -> dict:
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from tensorflow_datasets.core.download import checksums  # pylint: disable=g-import-not-at-top
 
-  if name == 'svhn_cropped':
-    infos = checksums.load_url_infos(
-        tfds.core.utils.tfds_path() / 'datasets' / 'svhn_cropped' / 'checksums.tsv')
-  else:
-    infos = checksums.get_all_url_infos()
-  return {url: infos[url] for url in _download_urls(name).values()}
+  dataset = registry.get(name)
+  urls = list(dataset.download.values())
+  infos = checksums.get_all_url_infos()
+  beside_builder = tfds.core.utils.tfds_path() / 'datasets' / dataset.tfds_name / 'checksums.tsv'
+  if not all(url in infos for url in urls) and beside_builder.exists():
+    infos = {**infos, **checksums.load_url_infos(beside_builder)}
+  return {url: infos[url] for url in urls}

@@ -1,4 +1,4 @@
-"""resnet_jax.imagenet: the streamed pipeline (tfds mock data: records of random size,
+"""resnet_jax/data/imagenet.py: the streamed pipeline (tfds mock data: records of random size,
 1000 classes) and its per-record transforms.
 """
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from resnet_jax import batching, imagenet
+from resnet_jax.data import batching, imagenet
 from resnet_jax.errors import DatasetError
 
 from tiny_datasets import (  # noqa: F401 - fixtures are used by name

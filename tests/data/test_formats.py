@@ -1,4 +1,4 @@
-"""resnet_jax.data_formats: every accepted format, parallel decoding, format errors.
+"""resnet_jax/data/formats.py: every accepted format, parallel decoding, format errors.
 
 The one test on the full CIFAR-10 JPEG tarball skips when ../shared/data is absent.
 """
@@ -13,7 +13,8 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from resnet_jax import data_formats, datasets, errors
+
+from resnet_jax.data import formats, in_memory
 from resnet_jax.errors import DatasetError
 
 from tiny_datasets import (  # noqa: F401 - fixtures are used by name
@@ -22,7 +23,7 @@ from tiny_datasets import (  # noqa: F401 - fixtures are used by name
     config, extract, image_folder_files, isolated_tfds_data_dir, tiny_splits, write_files,
     write_tar)
 
-SHARED_CIFAR10_JPG = Path(__file__).resolve().parents[2] / 'shared/data/cifar10-jpg.tar.gz'
+SHARED_CIFAR10_JPG = Path(__file__).resolve().parents[3] / 'shared/data/cifar10-jpg.tar.gz'
 
 
 # ----------------------------------------------------------------------------
@@ -37,7 +38,7 @@ def test_cifar10_python_batches_load_as_nhwc_with_labels_and_class_names(tmp_pat
   if packaging == 'extracted':
     path = extract(path, tmp_path / 'extracted')
 
-  dataset = datasets.load_in_memory(config(tmp_path, path=str(path)))
+  dataset = in_memory.load(config(tmp_path, path=str(path)))
 
   np.testing.assert_array_equal(dataset.train.images, train[0])
   np.testing.assert_array_equal(dataset.train.labels, train[1])
@@ -51,7 +52,7 @@ def test_cifar100_python_uses_fine_labels_and_names(tmp_path):
   train, test = tiny_splits(100)
   path = write_tar(tmp_path / 'cifar-100-python.tar.gz', cifar100_python_files(train, test))
 
-  dataset = datasets.load_in_memory(config(tmp_path, name='cifar100', path=str(path)))
+  dataset = in_memory.load(config(tmp_path, name='cifar100', path=str(path)))
 
   np.testing.assert_array_equal(dataset.train.labels, train[1])
   np.testing.assert_array_equal(dataset.test.images, test[0])
@@ -69,7 +70,7 @@ def test_cifar_binary_records_load(tmp_path, name, make_files, num_classes, pack
   if packaging == 'extracted':
     path = extract(path, tmp_path / 'extracted')
 
-  dataset = datasets.load_in_memory(config(tmp_path, name=name, path=str(path)))
+  dataset = in_memory.load(config(tmp_path, name=name, path=str(path)))
 
   np.testing.assert_array_equal(dataset.train.images, train[0])
   np.testing.assert_array_equal(dataset.train.labels, train[1])  # CIFAR-100: the fine label
@@ -85,7 +86,7 @@ def test_svhn_mat_files_transpose_hwcn_and_map_label_10_to_digit_0(tmp_path):
     scipy.io.savemat(tmp_path / f'{split}_32x32.mat',
                      {'X': images.transpose(1, 2, 3, 0), 'y': digits[:, None].astype(np.uint8)})
 
-  dataset = datasets.load_in_memory(config(tmp_path, name='svhn_cropped', path=str(tmp_path)))
+  dataset = in_memory.load(config(tmp_path, name='svhn_cropped', path=str(tmp_path)))
 
   np.testing.assert_array_equal(dataset.train.images, train_images)
   assert dataset.train.labels.tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
@@ -96,7 +97,7 @@ def test_svhn_mat_files_transpose_hwcn_and_map_label_10_to_digit_0(tmp_path):
 def test_image_folder_sorts_classes_resizes_and_converts_grayscale(tmp_path):
   root = write_files(tmp_path / 'folder', image_folder_files())
 
-  dataset = datasets.load_in_memory(config(tmp_path, name='folder', path=str(root)))
+  dataset = in_memory.load(config(tmp_path, name='folder', path=str(root)))
 
   assert dataset.class_names == ('apple', 'zebra')
   assert dataset.train.images.shape == (3, 32, 32, 3)
@@ -114,7 +115,7 @@ def test_image_folder_tarball_with_top_level_dir_and_val_split(tmp_path):
            for name, content in image_folder_files(test_dir='val').items()}
   path = write_tar(tmp_path / 'my_data.tgz', files)
 
-  dataset = datasets.load_in_memory(config(tmp_path, name='folder', path=str(path),
+  dataset = in_memory.load(config(tmp_path, name='folder', path=str(path),
                                            image_size=16))
 
   assert dataset.train.images.shape == (3, 16, 16, 3)
@@ -124,16 +125,16 @@ def test_image_folder_tarball_with_top_level_dir_and_val_split(tmp_path):
 
 def test_parallel_decoding_matches_serial_and_names_corrupt_files(tmp_path, monkeypatch):
   files = image_folder_files()
-  serial = datasets.load_in_memory(config(tmp_path, name='folder', path=str(
+  serial = in_memory.load(config(tmp_path, name='folder', path=str(
       write_files(tmp_path / 'serial', files)), cache_dir=str(tmp_path / 'c1')))
-  monkeypatch.setattr(data_formats, '_PARALLEL_DECODE_MIN', 0)  # Worker processes for any size.
-  monkeypatch.setattr(data_formats, '_DECODE_CHUNK', 2)
+  monkeypatch.setattr(formats, '_PARALLEL_DECODE_MIN', 0)  # Worker processes for any size.
+  monkeypatch.setattr(formats, '_DECODE_CHUNK', 2)
 
-  parallel = datasets.load_in_memory(config(tmp_path, name='folder', path=str(
+  parallel = in_memory.load(config(tmp_path, name='folder', path=str(
       write_files(tmp_path / 'parallel', files)), cache_dir=str(tmp_path / 'c2')))
   files['test/zebra/1.jpg'] = b'truncated'
   with pytest.raises(DatasetError) as error:
-    datasets.load_in_memory(config(tmp_path, name='folder', path=str(
+    in_memory.load(config(tmp_path, name='folder', path=str(
         write_files(tmp_path / 'broken', files)), cache_dir=str(tmp_path / 'c3')))
 
   np.testing.assert_array_equal(parallel.train.images, serial.train.images)
@@ -150,21 +151,21 @@ def test_file_that_is_no_dataset_format(tmp_path):
   path = tmp_path / 'notes.txt'
   path.write_text('hello')
   with pytest.raises(DatasetError) as error:
-    datasets.load_in_memory(config(tmp_path, path=str(path)))
+    in_memory.load(config(tmp_path, path=str(path)))
   assert_one_line(error, 'notes.txt', 'not a recognised dataset file', 'CIFAR python')
 
 
 def test_directory_without_a_known_layout(tmp_path):
   write_files(tmp_path / 'stuff', {'a.txt': b'x', 'b/c.txt': b'y'})
   with pytest.raises(DatasetError) as error:
-    datasets.load_in_memory(config(tmp_path, path=str(tmp_path / 'stuff')))
+    in_memory.load(config(tmp_path, path=str(tmp_path / 'stuff')))
   assert_one_line(error, 'no recognised dataset layout', 'image-folder')
 
 
 def test_corrupt_tarball_names_the_file(tmp_path, cifar10_tarball):
   cifar10_tarball.write_bytes(cifar10_tarball.read_bytes()[:3000])
   with pytest.raises(DatasetError) as error:
-    datasets.load_in_memory(config(tmp_path, path=str(cifar10_tarball)))
+    in_memory.load(config(tmp_path, path=str(cifar10_tarball)))
   assert_one_line(error, 'corrupt', 'cifar-10-python.tar.gz', 're-download')
 
 
@@ -174,7 +175,7 @@ def test_corrupt_pickle_names_the_member(tmp_path):
   files['cifar-10-batches-py/data_batch_3'] = b'\x80\x02garbage'
   path = write_tar(tmp_path / 'c.tar.gz', files)
   with pytest.raises(DatasetError) as error:
-    datasets.load_in_memory(config(tmp_path, path=str(path)))
+    in_memory.load(config(tmp_path, path=str(path)))
   assert_one_line(error, 'corrupt pickle data_batch_3', 're-download')
 
 
@@ -188,7 +189,7 @@ def test_pickle_that_would_run_code_is_refused(tmp_path):
   files['cifar-10-batches-py/test_batch'] = pickle.dumps({b'data': RunsCode()})
   path = write_tar(tmp_path / 'c.tar.gz', files)
   with pytest.raises(DatasetError) as error:
-    datasets.load_in_memory(config(tmp_path, path=str(path)))
+    in_memory.load(config(tmp_path, path=str(path)))
   assert_one_line(error, 'test_batch', 'refusing to load builtins.print')
 
 
@@ -197,14 +198,14 @@ def test_corrupt_jpeg_names_the_file(tmp_path):
   files['train/apple/broken.jpg'] = b'\xff\xd8\xff\xe0 definitely not a jpeg'
   root = write_files(tmp_path / 'folder', files)
   with pytest.raises(DatasetError) as error:
-    datasets.load_in_memory(config(tmp_path, name='folder', path=str(root)))
+    in_memory.load(config(tmp_path, name='folder', path=str(root)))
   assert_one_line(error, 'train/apple/broken.jpg', 'delete or replace')
 
 
 def test_image_folder_without_images(tmp_path):
   root = write_files(tmp_path / 'folder', {'train/cat/notes.txt': b'x', 'test/cat/a.txt': b'y'})
   with pytest.raises(DatasetError) as error:
-    datasets.load_in_memory(config(tmp_path, name='folder', path=str(root)))
+    in_memory.load(config(tmp_path, name='folder', path=str(root)))
   assert_one_line(error, 'needs images in train/<class>/')
 
 
@@ -213,7 +214,7 @@ def test_image_folder_with_different_classes_in_train_and_test(tmp_path):
   files['test/mango/0.png'] = files.pop('test/zebra/0.png')
   root = write_files(tmp_path / 'folder', files)
   with pytest.raises(DatasetError) as error:
-    datasets.load_in_memory(config(tmp_path, name='folder', path=str(root)))
+    in_memory.load(config(tmp_path, name='folder', path=str(root)))
   assert_one_line(error, 'different classes', "['zebra']", "['mango']", 'same class directories')
 
 
@@ -223,19 +224,19 @@ def test_labels_beyond_the_class_name_list(tmp_path):
   files['cifar-10-batches-bin/batches.meta.txt'] = b'airplane\nautomobile\n'
   path = write_tar(tmp_path / 'c.tar.gz', files)
   with pytest.raises(DatasetError) as error:
-    datasets.load_in_memory(config(tmp_path, path=str(path)))
+    in_memory.load(config(tmp_path, path=str(path)))
   assert_one_line(error, 'labels outside 0..1', 're-download')
 
 
 def test_copy_of_another_dataset(tmp_path, cifar10_tarball):
   with pytest.raises(DatasetError) as error:
-    datasets.load_in_memory(config(tmp_path, name='cifar100', path=str(cifar10_tarball)))
+    in_memory.load(config(tmp_path, name='cifar100', path=str(cifar10_tarball)))
   assert_one_line(error, 'cifar10-python', 'not cifar100')
 
 
 def test_image_size_that_a_fixed_size_format_cannot_give(tmp_path, cifar10_tarball):
   with pytest.raises(DatasetError) as error:
-    datasets.load_in_memory(config(tmp_path, path=str(cifar10_tarball), image_size=64))
+    in_memory.load(config(tmp_path, path=str(cifar10_tarball), image_size=64))
   assert_one_line(error, '32x32', '--config.dataset.image_size=32')
 
 
@@ -246,7 +247,7 @@ def test_image_size_that_a_fixed_size_format_cannot_give(tmp_path, cifar10_tarba
 
 @pytest.mark.skipif(not SHARED_CIFAR10_JPG.exists(), reason=f'{SHARED_CIFAR10_JPG} not present')
 def test_shared_cifar10_jpeg_tarball(tmp_path):
-  dataset = datasets.load_in_memory(config(tmp_path, path=str(SHARED_CIFAR10_JPG)))
+  dataset = in_memory.load(config(tmp_path, path=str(SHARED_CIFAR10_JPG)))
 
   assert dataset.train.images.shape == (50000, 32, 32, 3)
   assert dataset.test.images.shape == (10000, 32, 32, 3)

@@ -1,7 +1,7 @@
 """ImageNet, streamed: tfds array_record -> grain, with per-record transforms in numpy/Pillow.
 
 The stream follows the same seeded batch plan as the in-memory datasets
-(resnet_jax.batching), so resuming at a step replays exactly the batches a run
+(batching.py), so resuming at a step replays exactly the batches a run
 without interruption would have seen, whatever the process count.
 
 Training crops (`augment.train_crop`): 'random_resized', the Inception-style crop of
@@ -10,7 +10,7 @@ RandomSizedCrop), or 'scale', He et al. 2015's scale augmentation (Sec. 3.4); th
 flip. Evaluation (`augment.eval_crops`): the centre 224 of the image resized to 256,
 or ten crops (its four corners and centre, and their mirror images), whose logits the
 eval step averages. AlexNet's PCA colour noise (`augment.pca_noise`) is added on the
-device (resnet_jax.augment.pca_lighting).
+device (augment.pca_lighting).
 """
 
 from collections.abc import Iterator
@@ -20,20 +20,15 @@ import os
 import numpy as np
 from PIL import Image
 
-from resnet_jax import batching, data_sources, dataset_config
+from resnet_jax.data import batching, registry, sources
 from resnet_jax.errors import DatasetError
 
-_IMAGENET_SPLITS = {'train': 'train', 'validation': 'validation',
-                    'test': 'validation', 'eval': 'validation'}
+_SPLITS = ('train', 'validation', 'test', 'eval')  # the last three: the evaluation split
 _EVAL_CROP_FRACTION = 224 / 256  # resize to 256, centre-crop 224 (He et al. 2015)
 TRAIN_CROPS = ('random_resized', 'scale')
 EVAL_CROPS = (1, 10)
 # The stream has no end for training: the train loop decides when to stop.
 _UNBOUNDED_STEPS = 2**40
-# The customary ImageNet RGB statistics in [0, 1] (as in torchvision and the Flax
-# example), used instead of a pass over 1.28M JPEGs.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def random_resized_crop_box(rng: np.random.Generator, height: int, width: int,
@@ -194,21 +189,23 @@ def imagenet_stream(dataset_cfg, split: str, global_batch: int, *, seed: int,
   """
   import grain  # pylint: disable=g-import-not-at-top
 
-  name = dataset_config.dataset_name(dataset_cfg)
-  if name not in dataset_config.STREAMED:
+  dataset = registry.lookup(dataset_cfg)
+  name = dataset.name
+  if not dataset.streamed:
     raise DatasetError(f'{name} is held in memory; use load_in_memory, not imagenet_stream')
-  if split not in _IMAGENET_SPLITS:
-    raise DatasetError(f'unknown split {split!r}; use one of {sorted(_IMAGENET_SPLITS)}')
+  if split not in _SPLITS:
+    raise DatasetError(f'unknown split {split!r}; use one of {sorted(_SPLITS)}')
   if global_batch % process_count:
     raise DatasetError(
         f'global batch {global_batch} does not divide over {process_count}'
         ' processes; use a multiple of the process count')
   per_process = global_batch // process_count
-  image_size = dataset_config.image_size(dataset_cfg, name)
+  image_size = registry.image_size(dataset_cfg)
   crop, scale_range, crops = _stream_augment(augment_cfg or {}, image_size)
-  source = _streamed_source(dataset_cfg, name, _IMAGENET_SPLITS[split])
+  train_split, eval_split = dataset.splits
+  source = _streamed_source(dataset_cfg, train_split if split == 'train' else eval_split)
   if split == 'train':
-    example_ids = dataset_config.train_subset(
+    example_ids = batching.train_subset(
         len(source), int(dataset_cfg.get('max_train_examples', -1)), name)
     num_train = len(source) if example_ids is None else len(example_ids)
     batching.steps_per_epoch(num_train, global_batch)  # Fails here, not in a worker thread.
@@ -245,16 +242,16 @@ def _stream_augment(augment_cfg, image_size: int) -> tuple[str, tuple[int, int],
 
 def imagenet_split_sizes(dataset_cfg) -> dict[str, int]:
   """Examples per epoch: {'train': after any max_train_examples subset, 'validation': all}."""
-  name = dataset_config.dataset_name(dataset_cfg)
-  num_train = len(_streamed_source(dataset_cfg, name, 'train'))
+  name = registry.lookup(dataset_cfg).name
+  train_split, eval_split = registry.lookup(dataset_cfg).splits
+  num_train = len(_streamed_source(dataset_cfg, train_split))
   max_train = int(dataset_cfg.get('max_train_examples', -1))
-  if dataset_config.train_subset(num_train, max_train, name) is not None:
+  if batching.train_subset(num_train, max_train, name) is not None:
     num_train = max_train
-  return {'train': num_train,
-          'validation': len(_streamed_source(dataset_cfg, name, 'validation'))}
+  return {'train': num_train, 'validation': len(_streamed_source(dataset_cfg, eval_split))}
 
 
-def _streamed_source(dataset_cfg, name: str, split: str):
+def _streamed_source(dataset_cfg, split: str):
   """The array_record data source of a tfds-prepared copy (dataset.path or tfds's default).
 
   Never downloads: preparing ImageNet needs its manual tarballs, and tfds's
@@ -262,10 +259,11 @@ def _streamed_source(dataset_cfg, name: str, split: str):
   """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
-  data_dir = dataset_config.configured_path(dataset_cfg) or data_sources.default_tfds_data_dir()
+  name = registry.lookup(dataset_cfg).tfds_name
+  data_dir = sources.configured_path(dataset_cfg) or sources.default_tfds_data_dir()
   fix = (f'prepare it with `tfds build {name} --file_format=array_record` (on a machine'
          f' with TensorFlow) and pass --config.dataset.path=<that tfds data_dir>')
-  if not data_sources.is_tfds_data_dir(data_dir, name):
+  if not sources.is_tfds_data_dir(data_dir, name):
     raise DatasetError(f'no tfds-prepared {name} under {data_dir}; {fix}')
   try:
     return tfds.data_source(name, split=split, data_dir=str(data_dir), download=False)

@@ -1,7 +1,7 @@
-"""resnet_jax.datasets: the public API, statistics, synthetic data, config errors.
+"""resnet_jax/data/in_memory.py: loading, statistics, synthetic data, config errors.
 
 The format parsers, sources, cache, batch plans and ImageNet stream have
-their own test modules (test_data_formats.py and so on).
+their own test modules (test_formats.py and so on).
 """
 
 from __future__ import annotations
@@ -9,27 +9,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from resnet_jax import batching, data_formats, dataset_config, dataset_types, datasets, errors
-from resnet_jax import imagenet
+
+from resnet_jax.data import formats, in_memory
 from resnet_jax.errors import DatasetError
 
 from tiny_datasets import (  # noqa: F401 - fixtures are used by name
     assert_one_line, cifar10_python_files, cifar10_tarball, config,
     forbid_decoding, image_folder_files, isolated_tfds_data_dir, random_images, tiny_splits,
     write_files, write_tar)
-
-
-@pytest.mark.parametrize('module, names', [
-    (dataset_types, ('ArraySplit',)),
-    (dataset_config, ('IN_MEMORY', 'STREAMED')),
-    (batching, ('epoch_permutation', 'train_batch_indices', 'eval_batches')),
-    (imagenet, ('imagenet_stream', 'imagenet_split_sizes', 'IMAGENET_MEAN', 'IMAGENET_STD',
-                'random_resized_crop_box', 'center_crop_box', 'train_transform',
-                'eval_transform')),
-])
-def test_names_moved_out_stay_reachable_from_datasets(module, names):
-  for name in names:
-    assert getattr(datasets, name) is getattr(module, name), name
 
 
 # ----------------------------------------------------------------------------
@@ -41,7 +28,7 @@ def test_mean_and_std_are_float64_statistics_of_the_train_split(tmp_path):
   train, test = tiny_splits(10)
   path = write_tar(tmp_path / 'c.tar.gz', cifar10_python_files(train, test))
 
-  dataset = datasets.load_in_memory(config(tmp_path, path=str(path)))
+  dataset = in_memory.load(config(tmp_path, path=str(path)))
 
   pixels = train[0].reshape(-1, 3).astype(np.float64) / 255
   np.testing.assert_allclose(dataset.mean, pixels.mean(0), rtol=1e-12)
@@ -53,8 +40,8 @@ def test_max_train_examples_is_a_fixed_sorted_subset_with_its_own_statistics(tmp
   path = write_tar(tmp_path / 'c.tar.gz', cifar10_python_files(train, test))
   cfg = config(tmp_path, path=str(path), max_train_examples=5)
 
-  first = datasets.load_in_memory(cfg, seed=0)
-  second = datasets.load_in_memory(cfg, seed=123)
+  first = in_memory.load(cfg, seed=0)
+  second = in_memory.load(cfg, seed=123)
 
   np.testing.assert_array_equal(first.train.images, second.train.images)
   assert len(first.train.labels) == 5 and len(first.test.labels) == 4
@@ -68,10 +55,10 @@ def test_max_train_examples_is_a_fixed_sorted_subset_with_its_own_statistics(tmp
 def test_synthetic_data_is_deterministic_per_seed_and_sized_by_config(tmp_path):
   cfg = config(tmp_path, name='synthetic', num_classes=7, image_size=8)
 
-  dataset = datasets.load_in_memory(cfg, seed=1)
-  again = datasets.load_in_memory(cfg, seed=1)
-  other = datasets.load_in_memory(cfg, seed=2)
-  sized = datasets.load_in_memory(config(tmp_path, name='synthetic', num_classes=7,
+  dataset = in_memory.load(cfg, seed=1)
+  again = in_memory.load(cfg, seed=1)
+  other = in_memory.load(cfg, seed=2)
+  sized = in_memory.load(config(tmp_path, name='synthetic', num_classes=7,
                                          max_train_examples=40), seed=1)
 
   assert dataset.train.images.shape == (1024, 8, 8, 3) and dataset.test.images.shape[0] == 256
@@ -106,7 +93,7 @@ def test_validation_examples_are_held_out_class_balanced_and_never_trained_on(
     tmp_path, six_per_class_tarball):
   path, originals = six_per_class_tarball
 
-  dataset = datasets.load_in_memory(config(tmp_path, path=str(path), validation_examples=20))
+  dataset = in_memory.load(config(tmp_path, path=str(path), validation_examples=20))
 
   train_rows, validation_rows = rows_of(dataset.train.images), rows_of(dataset.validation.images)
   assert not set(train_rows) & set(validation_rows)
@@ -120,10 +107,10 @@ def test_validation_examples_are_held_out_class_balanced_and_never_trained_on(
 def test_the_validation_split_is_fixed_by_the_seed(tmp_path, six_per_class_tarball):
   cfg = config(tmp_path, path=str(six_per_class_tarball[0]), validation_examples=20)
 
-  held_out = {seed: rows_of(datasets.load_in_memory(cfg, seed=seed).validation.images)
+  held_out = {seed: rows_of(in_memory.load(cfg, seed=seed).validation.images)
               for seed in (0, 1)}
 
-  assert rows_of(datasets.load_in_memory(cfg, seed=0).validation.images) == held_out[0]
+  assert rows_of(in_memory.load(cfg, seed=0).validation.images) == held_out[0]
   assert held_out[0] != held_out[1]
 
 
@@ -132,12 +119,12 @@ def test_max_train_examples_subsets_what_the_validation_split_leaves(
   cfg = config(tmp_path, path=str(six_per_class_tarball[0]), validation_examples=20,
                max_train_examples=15)
 
-  dataset = datasets.load_in_memory(cfg, seed=3)
+  dataset = in_memory.load(cfg, seed=3)
 
   assert len(dataset.train.labels) == 15 and len(dataset.validation.labels) == 20
   assert not set(rows_of(dataset.train.images)) & set(rows_of(dataset.validation.images))
   with pytest.raises(DatasetError) as error:
-    datasets.load_in_memory(config(tmp_path, path=str(six_per_class_tarball[0]),
+    in_memory.load(config(tmp_path, path=str(six_per_class_tarball[0]),
                                    validation_examples=20, max_train_examples=41))
   assert_one_line(error, 'max_train_examples=41', '1..40', 'less the 20 of'
                   ' dataset.validation_examples')
@@ -148,7 +135,7 @@ def test_max_train_examples_subsets_what_the_validation_split_leaves(
 def test_validation_examples_that_cannot_be_held_out_equally(tmp_path, six_per_class_tarball,
                                                              count, fragment):
   with pytest.raises(DatasetError) as error:
-    datasets.load_in_memory(config(tmp_path, path=str(six_per_class_tarball[0]),
+    in_memory.load(config(tmp_path, path=str(six_per_class_tarball[0]),
                                    validation_examples=count))
   assert_one_line(error, f'dataset.validation_examples={count}', fragment)
 
@@ -157,7 +144,7 @@ def test_synthetic_data_holds_out_validation_examples_beside_its_train_size(tmp_
   cfg = config(tmp_path, name='synthetic', num_classes=4, image_size=8, max_train_examples=40,
                validation_examples=8)
 
-  dataset = datasets.load_in_memory(cfg, seed=1)
+  dataset = in_memory.load(cfg, seed=1)
 
   assert len(dataset.train.labels) == 40 and len(dataset.validation.labels) == 8
   assert np.bincount(dataset.validation.labels).tolist() == [2] * 4
@@ -170,13 +157,13 @@ def test_synthetic_data_holds_out_validation_examples_beside_its_train_size(tmp_
 
 def test_missing_path(tmp_path):
   with pytest.raises(DatasetError) as error:
-    datasets.load_in_memory(config(tmp_path, path=str(tmp_path / 'nowhere')))
+    in_memory.load(config(tmp_path, path=str(tmp_path / 'nowhere')))
   assert_one_line(error, 'nowhere', 'does not exist', '--config.dataset.path=')
 
 
 def test_unknown_dataset_name_lists_the_allowed_ones(tmp_path):
   with pytest.raises(DatasetError) as error:
-    datasets.load_in_memory(config(tmp_path, name='mnist'))
+    in_memory.load(config(tmp_path, name='mnist'))
   assert_one_line(error, "'mnist'", 'cifar10', 'svhn_cropped', 'folder', 'imagenet2012')
 
 
@@ -184,7 +171,7 @@ def test_unknown_dataset_name_lists_the_allowed_ones(tmp_path):
 def test_max_train_examples_outside_the_train_split(tmp_path, cifar10_tarball,
                                                     max_train_examples):
   with pytest.raises(DatasetError) as error:
-    datasets.load_in_memory(config(tmp_path, path=str(cifar10_tarball),
+    in_memory.load(config(tmp_path, path=str(cifar10_tarball),
                                    max_train_examples=max_train_examples))
   assert_one_line(error, f'max_train_examples={max_train_examples}', '1..12', 'use -1')
 
@@ -192,25 +179,25 @@ def test_max_train_examples_outside_the_train_split(tmp_path, cifar10_tarball,
 def test_folder_class_count_that_contradicts_a_named_dataset(tmp_path):
   root = write_files(tmp_path / 'folder', image_folder_files())
   with pytest.raises(DatasetError) as error:
-    datasets.load_in_memory(config(tmp_path, name='cifar10', path=str(root)))
+    in_memory.load(config(tmp_path, name='cifar10', path=str(root)))
   assert_one_line(error, 'holds 2 classes', 'cifar10 needs 10')
 
 
 def test_folder_without_a_path(tmp_path):
   with pytest.raises(DatasetError) as error:
-    datasets.load_in_memory(config(tmp_path, name='folder'))
+    in_memory.load(config(tmp_path, name='folder'))
   assert_one_line(error, "'folder' needs --config.dataset.path=")
 
 
 def test_synthetic_without_num_classes(tmp_path):
   with pytest.raises(DatasetError) as error:
-    datasets.load_in_memory(config(tmp_path, name='synthetic'))
+    in_memory.load(config(tmp_path, name='synthetic'))
   assert_one_line(error, 'num_classes >= 2', '--config.dataset.num_classes=')
 
 
 def test_imagenet_is_not_loaded_into_memory(tmp_path):
   with pytest.raises(DatasetError) as error:
-    datasets.load_in_memory(config(tmp_path, name='imagenet2012'))
+    in_memory.load(config(tmp_path, name='imagenet2012'))
   assert_one_line(error, 'imagenet_stream')
 
 
@@ -220,11 +207,11 @@ def test_imagenet_is_not_loaded_into_memory(tmp_path):
 
 
 def test_num_classes_of_named_datasets_needs_no_data(tmp_path):
-  assert [datasets.num_classes(config(tmp_path, name=name))
+  assert [in_memory.num_classes(config(tmp_path, name=name))
           for name in ('cifar10', 'cifar100', 'svhn_cropped', 'imagenet2012')] == [10, 100, 10, 1000]
-  assert datasets.num_classes(config(tmp_path, name='synthetic', num_classes=3)) == 3
+  assert in_memory.num_classes(config(tmp_path, name='synthetic', num_classes=3)) == 3
   with pytest.raises(DatasetError) as error:
-    datasets.num_classes(config(tmp_path, name='cifar100', num_classes=10))
+    in_memory.num_classes(config(tmp_path, name='cifar100', num_classes=10))
   assert_one_line(error, 'contradicts cifar100', 'dataset.num_classes=-1')
 
 
@@ -237,15 +224,15 @@ def test_num_classes_of_a_folder_counts_its_class_directories(tmp_path, packagin
     path = write_files(tmp_path / 'folder', files)
   forbid_decoding(monkeypatch)
 
-  assert datasets.num_classes(config(tmp_path, name='folder', path=str(path))) == 2
-  assert datasets.num_classes(config(tmp_path, name='folder', path=str(path),
+  assert in_memory.num_classes(config(tmp_path, name='folder', path=str(path))) == 2
+  assert in_memory.num_classes(config(tmp_path, name='folder', path=str(path),
                                      num_classes=5)) == 5
 
 
 def test_num_classes_of_a_decoded_folder_comes_from_the_cache(tmp_path, monkeypatch):
   path = write_tar(tmp_path / 'f.tar.gz', image_folder_files())
   cfg = config(tmp_path, name='folder', path=str(path))
-  datasets.load_in_memory(cfg)
-  monkeypatch.setattr(data_formats, '_list_tree_names', None)  # Listing would now fail.
+  in_memory.load(cfg)
+  monkeypatch.setattr(formats, '_list_tree_names', None)  # Listing would now fail.
 
-  assert datasets.num_classes(cfg) == 2
+  assert in_memory.num_classes(cfg) == 2

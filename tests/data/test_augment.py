@@ -1,4 +1,4 @@
-"""resnet_jax.augment: pad-crop-flip, cutout and normalisation, checked pixel by pixel."""
+"""resnet_jax/data/augment.py: pad-crop-flip, cutout and normalisation, checked pixel by pixel."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnet_jax import augment
+from resnet_jax.data import augment
 
 
 def random_images(count: int = 64, size: int = 8, seed: int = 0) -> np.ndarray:

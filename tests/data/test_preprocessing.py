@@ -1,4 +1,4 @@
-"""resnet_jax.preprocessing: the per-pixel mean and pylearn2's GCN + ZCA whitening."""
+"""resnet_jax/data/preprocessing.py: the per-pixel mean and pylearn2's GCN + ZCA whitening."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnet_jax import preprocessing
+from resnet_jax.data import preprocessing
 
 
 def correlated_images(count: int = 3000, size: int = 4, seed: int = 0) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""resnet_jax.data_sources: verified downloads through tfds, or a tfds-prepared copy."""
+"""resnet_jax/data/sources.py: verified downloads through tfds, or a tfds-prepared copy."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from resnet_jax import data_sources, datasets
+from resnet_jax.data import in_memory, registry, sources
 from resnet_jax.errors import DatasetError
 
 from tiny_datasets import (  # noqa: F401 - fixtures are used by name
@@ -22,7 +22,7 @@ def test_failed_download_says_which_dataset_and_to_pass_a_local_copy(tmp_path, m
   monkeypatch.setattr(socket, 'getaddrinfo', no_network)
 
   with pytest.raises(DatasetError) as error:
-    datasets.load_in_memory(config(tmp_path, name='cifar100'))
+    in_memory.load(config(tmp_path, name='cifar100'))
   assert_one_line(error, 'could not download cifar100', '--config.dataset.path=<local copy>',
                   'CIFAR python or binary tarball')
 
@@ -36,10 +36,10 @@ def test_download_uses_tfds_registered_checksums_and_our_parser(tmp_path, monkey
   def fake_download(manager, urls):
     requests.append((manager, urls))
     return {key: archive for key in urls}
-  monkeypatch.setattr(data_sources, '_check_host_resolves', lambda url: None)
+  monkeypatch.setattr(sources, '_check_host_resolves', lambda url: None)
   monkeypatch.setattr(tfds.download.DownloadManager, 'download', fake_download)
 
-  dataset = datasets.load_in_memory(config(tmp_path, name='cifar10'))
+  dataset = in_memory.load(config(tmp_path, name='cifar10'))
 
   np.testing.assert_array_equal(dataset.train.images, train[0])
   ((manager, urls),) = requests
@@ -51,8 +51,8 @@ def test_download_uses_tfds_registered_checksums_and_our_parser(tmp_path, monkey
 
 @pytest.mark.parametrize('name', ['cifar10', 'cifar100', 'svhn_cropped'])
 def test_every_download_url_has_a_tfds_registered_checksum(name):
-  infos = data_sources._registered_url_infos(name)
-  assert set(infos) == set(data_sources._download_urls(name).values())
+  infos = sources._registered_url_infos(name)
+  assert set(infos) == set(registry.get(name).download.values())
   assert all(len(info.checksum) == 64 and info.size > 0 for info in infos.values())
 
 
@@ -67,7 +67,7 @@ def test_tfds_prepared_copy_is_read_through_data_source(tmp_path, monkeypatch, w
     cfg = config(tmp_path)
 
   with tfds.testing.mock_data(num_examples=6, policy=tfds.testing.MockPolicy.USE_CODE):
-    dataset = datasets.load_in_memory(cfg)
+    dataset = in_memory.load(cfg)
     record = tfds.data_source('cifar10', split='train')[4]
 
   assert dataset.train.images.shape == (6, 32, 32, 3) and dataset.test.images.shape[0] == 6
