@@ -63,11 +63,11 @@ def default_workdir(config_path: str, variant: str, overrides: dict) -> str:
   The --config.x=y overrides are part of the name (sorted, named as sweep points are), so
   runs that differ in them, a plain twin and its residual net say, never share a folder.
   """
-  from resnet_jax import sweep
+  from resnet_jax import config as config_lib
   name = os.path.splitext(os.path.basename(config_path))[0]
   variant = variant.replace(',', '_')
   overrides = dict(sorted(overrides.items()))
-  parts = [name] + [variant] * bool(variant) + [sweep.point_name(overrides)] * bool(overrides)
+  parts = [name] + [variant] * bool(variant) + [config_lib.point_name(overrides)] * bool(overrides)
   return os.path.join('runs', '_'.join(parts))
 
 
@@ -139,8 +139,8 @@ def _run(config):
     from resnet_jax import compilation_cache
     compilation_cache.enable()  # a rerun, resume or sweep point skips compilation
   if _SWEEP.value:
-    from resnet_jax import sweep
-    sweep.main(config, config_flags.get_config_filename(flags.FLAGS['config']), workdir,
+    from resnet_jax.sweeps import execute
+    execute.main(config, config_flags.get_config_filename(flags.FLAGS['config']), workdir,
                executor=_SWEEP_EXECUTOR.value, executor_args=_SWEEP_EXECUTOR_ARGS.value,
                vmap=_SWEEP_VMAP.value, dry_run=_MODE.value == 'summary')
     return

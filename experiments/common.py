@@ -20,8 +20,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from resnet_jax import report, sweep
+from resnet_jax import sweeps
 from resnet_jax.errors import ConfigError
+from resnet_jax.sweeps import report
 
 # Quick mode: minutes per experiment on a 2-core CPU, on a fixed subset of the real training
 # split (the full test split is kept, so errors are comparable across runs). Batches of 32
@@ -56,10 +57,10 @@ def parse_arg(arg: str | None, variants: Sequence[str] = ('quick', 'cpu'),
   return options
 
 
-def seeds(options: dict[str, Any], default: int = 1) -> list[sweep.Point]:
+def seeds(options: dict[str, Any], default: int = 1) -> list[sweeps.Point]:
   """Seeds 0..n-1: `seeds=n`, else CPU_SEEDS for :cpu, else `default`."""
   count = options.get('seeds') or (CPU_SEEDS if options.get('cpu') else default)
-  return sweep.axis('seed', list(range(count)))
+  return sweeps.axis('seed', list(range(count)))
 
 
 def size(options: dict[str, Any]) -> str:
@@ -70,8 +71,8 @@ def size(options: dict[str, Any]) -> str:
 def shortcut_depth_sweep(options: dict[str, Any], shortcuts: Sequence[str],
                          depths: dict[str, Sequence[int]]) -> list:
   """Every shortcut x every depth of the chosen size (depths[size]) x the seeds."""
-  return sweep.product(sweep.axis('model.shortcut', list(shortcuts)),
-                       sweep.axis('model.depth', list(depths[size(options)])), seeds(options))
+  return sweeps.product(sweeps.axis('model.shortcut', list(shortcuts)),
+                       sweeps.axis('model.depth', list(depths[size(options)])), seeds(options))
 
 
 def block_names(model_config, experiment: str) -> list[str]:

@@ -35,7 +35,7 @@ from __future__ import annotations
 import numpy as np
 
 from experiments import common
-from resnet_jax import report
+from resnet_jax.sweeps import report
 
 DEPTHS = {'full': (20, 32, 44, 56, 110), 'cpu': (20, 56), 'quick': (8, 20, 32)}
 CPU_EPOCHS, CPU_TRAIN_EXAMPLES = 3, 20_000

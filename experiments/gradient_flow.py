@@ -46,7 +46,8 @@ from pathlib import Path
 import numpy as np
 
 from experiments import common
-from resnet_jax import report, sweep
+from resnet_jax import metrics, sweeps
+from resnet_jax.sweeps import report
 
 DEPTHS = {'full': (20, 32, 44, 56, 110), 'cpu': (20, 56, 110), 'quick': (8, 20)}
 NORMS = ('batch', 'none')
@@ -77,7 +78,7 @@ def get_config(arg=None):
 
 def get_sweep(arg=None):
   options = common.parse_arg(arg)
-  return sweep.product(sweep.axis('model.norm', list(NORMS)),
+  return sweeps.product(sweeps.axis('model.norm', list(NORMS)),
                        common.shortcut_depth_sweep(options, SHORTCUTS, DEPTHS))
 
 
@@ -192,7 +193,7 @@ def run_point(config, workdir) -> dict:
              'block_grad_ratio_at_init': first_to_last(records[0]),
              'stem_grad_norm_at_init': records[0]['conv_grad_norm'][0],
              'diverged_at_step': diverged_at, 'wall_s': time.time() - start}
-  common.write_json(workdir / sweep.RESULTS_FILE, results)
+  common.write_json(workdir / metrics.RESULTS_FILE, results)
   print(f'  {results["model"]}: block gradient first/last at init '
         f'{results["block_grad_ratio_at_init"]:.3g}, loss {results["loss_at_init"]} -> '
         f'{results["loss_at_end"]}' + (f' (diverged at step {diverged_at})'

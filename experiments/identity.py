@@ -37,7 +37,8 @@ import json
 import numpy as np
 
 from experiments import common
-from resnet_jax import report, sweep
+from resnet_jax import sweeps
+from resnet_jax.sweeps import report
 
 # (shortcut, depth) of Fig. 7: plain-20/56 and ResNet-20/56/110.
 NETS = {'full': (('none', 20), ('none', 56), ('A', 20), ('A', 56), ('A', 110)),
@@ -63,8 +64,8 @@ def get_config(arg=None):
 def get_sweep(arg=None):
   options = common.parse_arg(arg)
   nets = NETS[common.size(options)]
-  return sweep.product(sweep.zip(sweep.axis('model.shortcut', [s for s, _ in nets]),
-                                 sweep.axis('model.depth', [d for _, d in nets])),
+  return sweeps.product(sweeps.zip(sweeps.axis('model.shortcut', [s for s, _ in nets]),
+                                 sweeps.axis('model.depth', [d for _, d in nets])),
                        common.seeds(options))
 
 

@@ -26,7 +26,8 @@ Output:    W/preact.png and the Table 2 layout in W/report.md.
 from __future__ import annotations
 
 from experiments import common
-from resnet_jax import report, sweep
+from resnet_jax import sweeps
+from resnet_jax.sweeps import report
 
 ARCHITECTURES = {'full': ((110, 'basic'), (164, 'bottleneck')),
                  'cpu': ((56, 'basic'),),
@@ -49,10 +50,10 @@ def get_config(arg=None):
 def get_sweep(arg=None):
   options = common.parse_arg(arg)
   architectures = ARCHITECTURES[common.size(options)]
-  return sweep.product(
-      sweep.zip(sweep.axis('model.depth', [depth for depth, _ in architectures]),
-                sweep.axis('model.block', [block for _, block in architectures])),
-      sweep.axis('model.preact', [False, True]),
+  return sweeps.product(
+      sweeps.zip(sweeps.axis('model.depth', [depth for depth, _ in architectures]),
+                sweeps.axis('model.block', [block for _, block in architectures])),
+      sweeps.axis('model.preact', [False, True]),
       common.seeds(options))
 
 

@@ -27,7 +27,8 @@ Output:    W/shortcuts.png (error and parameters per option) and its table in W/
 from __future__ import annotations
 
 from experiments import common
-from resnet_jax import report, sweep
+from resnet_jax import sweeps
+from resnet_jax.sweeps import report
 
 OPTIONS = ('A', 'B', 'C', 'none')
 DEPTHS = {'full': 56, 'cpu': 32, 'quick': 20}
@@ -53,7 +54,7 @@ def get_config(arg=None):
 def get_sweep(arg=None):
   options = _options(arg)
   shortcuts = CPU_OPTIONS if options['cpu'] else OPTIONS
-  return sweep.product(sweep.axis('model.shortcut', shortcuts), common.seeds(options))
+  return sweeps.product(sweeps.axis('model.shortcut', shortcuts), common.seeds(options))
 
 
 def analyze(workdir, runs) -> str:

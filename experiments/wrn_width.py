@@ -32,7 +32,8 @@ from __future__ import annotations
 import math
 
 from experiments import common
-from resnet_jax import metrics, report, sweep
+from resnet_jax import metrics, sweeps
+from resnet_jax.sweeps import report
 
 # (depth, k) pairs of the :cpu variant: a wide, shallow net and a thin, deep one of
 # similar parameter count (0.69M and 0.56M).
@@ -58,12 +59,12 @@ def get_config(arg=None):
 def get_sweep(arg=None):
   options = common.parse_arg(arg)
   if options['cpu']:
-    return sweep.product(sweep.zip(sweep.axis('model.depth', [d for d, _ in CPU_NETS]),
-                                   sweep.axis('model.width', [k for _, k in CPU_NETS])),
+    return sweeps.product(sweeps.zip(sweeps.axis('model.depth', [d for d, _ in CPU_NETS]),
+                                   sweeps.axis('model.width', [k for _, k in CPU_NETS])),
                          common.seeds(options))
   quick = options['quick']
-  return sweep.product(sweep.axis('model.depth', QUICK_DEPTHS if quick else FULL_DEPTHS),
-                       sweep.axis('model.width', QUICK_WIDTHS if quick else FULL_WIDTHS),
+  return sweeps.product(sweeps.axis('model.depth', QUICK_DEPTHS if quick else FULL_DEPTHS),
+                       sweeps.axis('model.width', QUICK_WIDTHS if quick else FULL_WIDTHS),
                        common.seeds(options))
 
 

@@ -6,7 +6,9 @@ their recipe needs. Key names follow the Flax examples where those exist.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import hashlib
+import re
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import ml_collections
@@ -254,6 +256,43 @@ def _validate_data(config) -> None:
     raise ConfigError(f'{", ".join(misplaced)}: only for the streamed imagenet2012 pipeline '
                       '(ImageNet crops and colour statistics); leave the default for '
                       f'dataset.name={dataset.name!r}')
+
+
+# ----------------------------------------------------------------------------- names
+
+# A workdir named from --config.x=y overrides (launch.py) or a sweep point (sweeps/spec.py):
+# at most _MAX_NAME characters of letters, digits and ._=,+-
+_MAX_NAME = 120
+_SAFE = re.compile(r'[^A-Za-z0-9._=,+-]')
+
+
+def _format_value(value) -> str:
+  if isinstance(value, float):
+    return repr(value)
+  if isinstance(value, (tuple, list)):
+    return '-'.join(_format_value(v) for v in value) or 'empty'
+  return str(value)
+
+
+def short_keys(paths: Iterable[str]) -> dict[str, str]:
+  """The last path component ('model.depth' -> 'depth'), or the full path where that clashes."""
+  paths = list(dict.fromkeys(paths))
+  last = [path.rsplit('.', 1)[-1] for path in paths]
+  return {path: short if last.count(short) == 1 else path for path, short in zip(paths, last)}
+
+
+def point_name(overrides: Mapping[str, Any], keys: dict[str, str] | None = None) -> str:
+  """A short, filesystem-safe, deterministic folder name for {config path: value}:
+  'depth=20,shortcut=A,seed=0'; `keys` names the paths (default: short_keys of these)."""
+  if not overrides:
+    return 'base'
+  keys = keys or short_keys(overrides)
+  name = ','.join(f'{keys[path]}={_format_value(value)}' for path, value in overrides.items())
+  name = _SAFE.sub('_', name)
+  if len(name) > _MAX_NAME:
+    digest = hashlib.sha1(name.encode()).hexdigest()[:10]
+    name = f'{name[:_MAX_NAME - 11]}~{digest}'
+  return name
 
 
 # ----------------------------------------------------------------------------- records
