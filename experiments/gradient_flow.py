@@ -45,6 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
+from configs import recipes
 from experiments import common
 from resnet_jax import metrics, sweeps
 from resnet_jax.sweeps import report
@@ -60,7 +61,7 @@ GRADIENTS_FILE = 'gradients.json'
 
 
 def get_config(arg=None):
-  options = common.parse_arg(arg)
+  options = common.options(arg)
   config = common.he2015_cifar()
   config.augment.crop_padding = 0
   config.augment.flip = False
@@ -70,14 +71,14 @@ def get_config(arg=None):
   config.constant_warmup_steps = 0
   config.num_train_steps = STEPS[common.size(options)]
   if options['quick']:
-    config.dataset.max_train_examples = common.QUICK_TRAIN_EXAMPLES
+    config.dataset.max_train_examples = recipes.QUICK_TRAIN_EXAMPLES
     config.batch_size = 64
   config.log_every_steps = 1
   return config
 
 
 def get_sweep(arg=None):
-  options = common.parse_arg(arg)
+  options = common.options(arg)
   return sweeps.product(sweeps.axis('model.norm', list(NORMS)),
                        common.shortcut_depth_sweep(options, SHORTCUTS, DEPTHS))
 

@@ -51,18 +51,12 @@ LABELS = {'none': 'plain', 'A': 'ResNet'}
 
 
 def get_config(arg=None):
-  options = common.parse_arg(arg)
-  config = common.he2015_cifar()
-  if options['quick']:
-    common.make_quick(config)
-  if options['cpu']:
-    common.make_cpu(config, epochs=CPU_EPOCHS, train_examples=CPU_TRAIN_EXAMPLES,
-                    evaluations=2)
-  return config
+  return common.sized(common.he2015_cifar(), common.options(arg), epochs=CPU_EPOCHS,
+                      train_examples=CPU_TRAIN_EXAMPLES, evaluations=2)
 
 
 def get_sweep(arg=None):
-  options = common.parse_arg(arg)
+  options = common.options(arg)
   nets = NETS[common.size(options)]
   return sweeps.product(sweeps.zip(sweeps.axis('model.shortcut', [s for s, _ in nets]),
                                  sweeps.axis('model.depth', [d for _, d in nets])),

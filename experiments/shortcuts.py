@@ -37,18 +37,14 @@ CPU_EPOCHS, CPU_TRAIN_EXAMPLES = 4, 20_000
 
 
 def _options(arg):
-  return common.parse_arg(arg, numbers=('seeds', 'depth'))
+  return common.options(arg, numbers=('seeds', 'depth'))
 
 
 def get_config(arg=None):
   options = _options(arg)
   config = common.he2015_cifar()
   config.model.depth = options['depth'] or DEPTHS[common.size(options)]
-  if options['quick']:
-    common.make_quick(config)
-  if options['cpu']:
-    common.make_cpu(config, epochs=CPU_EPOCHS, train_examples=CPU_TRAIN_EXAMPLES)
-  return config
+  return common.sized(config, options, epochs=CPU_EPOCHS, train_examples=CPU_TRAIN_EXAMPLES)
 
 
 def get_sweep(arg=None):

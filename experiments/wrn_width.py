@@ -46,18 +46,12 @@ QUICK_WIDTHS = (1, 2)
 
 
 def get_config(arg=None):
-  options = common.parse_arg(arg)
   from configs import wrn  # pylint: disable=g-import-not-at-top
-  config = wrn.get_config()
-  if options['quick']:
-    common.make_quick(config)
-  if options['cpu']:
-    common.make_cpu(config, epochs=CPU_EPOCHS)
-  return config
+  return common.sized(wrn.get_config(), common.options(arg), epochs=CPU_EPOCHS)
 
 
 def get_sweep(arg=None):
-  options = common.parse_arg(arg)
+  options = common.options(arg)
   if options['cpu']:
     return sweeps.product(sweeps.zip(sweeps.axis('model.depth', [d for d, _ in CPU_NETS]),
                                    sweeps.axis('model.width', [k for _, k in CPU_NETS])),

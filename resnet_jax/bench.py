@@ -37,9 +37,8 @@ import numpy as np
 
 from resnet_jax import optim, parallel, train
 from resnet_jax.data import registry
-from resnet_jax.model import build_model, model_name, plain_xla
 from resnet_jax.errors import ConfigError
-from resnet_jax.parallel import DATA_AXIS
+from resnet_jax.model import model_name, plain_xla
 
 DEFAULT_WARMUP_STEPS = 2
 DEFAULT_STEPS = 10
@@ -162,8 +161,7 @@ def build_step(config, mesh, classes: int, *, abstract_state: bool = False):
   With `abstract_state`, the state is only its shapes (nothing is initialised), enough to
   lower the step.
   """
-  model = build_model(config.model, classes, half_precision=config.half_precision,
-                      bn_axis_name=DATA_AXIS if config.sync_batch_stats else None)
+  model = train.make_model(config, classes)
   steps_per_epoch, total_steps = 1000, 100_000  # only the schedule's shape depends on them
   tx = optim.create_optimizer(config, steps_per_epoch, total_steps)
   multiplier = optim.lr_multiplier(config, steps_per_epoch, total_steps)

@@ -1,7 +1,9 @@
-"""Every config key with its default, and the one early check of a whole config.
+"""Every config key with its default, the one early check of a whole config, the names
+of overrides, and how a run's recorded config differs from a config.
 
 Config files in configs/ and experiments/ start from `default_config()` and change what
-their recipe needs. Key names follow the Flax examples where those exist.
+their recipe needs (the recipes several of them share are configs/recipes.py). Key names
+follow the Flax examples where those exist.
 """
 
 from __future__ import annotations
@@ -111,64 +113,6 @@ def default_config() -> ml_collections.ConfigDict:
   config.bench_warmup_steps = 2  # --mode=bench: untimed steps after compilation
   config.bench_steps = 10  # --mode=bench: timed steps
   return config
-
-
-def variants(arg: str | None, allowed: tuple[str, ...]) -> set[str]:
-  """Parses a config argument like 'quick' or 'dropout,quick' into a set of variant names."""
-  chosen = {name.strip() for name in (arg or '').split(',') if name.strip()}
-  unknown = chosen - set(allowed)
-  if unknown:
-    raise ConfigError(f'unknown config variant(s) {sorted(unknown)}; allowed: {", ".join(allowed)}'
-                      ' (combine with commas, e.g. :dropout,quick)')
-  return chosen
-
-
-def he_et_al_cifar_recipe(config, quick: bool) -> None:
-  """He et al. 2015 (Sec. 4.2), reused by He et al. 2016 ("same as [1]"): SGD 0.9 without
-  Nesterov (Caffe), wd 1e-4, batch 128, lr 0.1 divided by 10 at 32k and 48k iterations,
-  64k iterations; 110 layers and deeper start at 0.01 for 400 iterations (He et al. 2015
-  state it for ResNet-110; He et al. 2016 warm up every CIFAR run, set in
-  configs/preact_cifar.py). `quick`: 2 cosine epochs on 10,000 images, for tests."""
-  config.batch_size = 128
-  config.learning_rate = 0.1
-  config.momentum = 0.9
-  config.nesterov = False
-  config.weight_decay = 1e-4
-  config.num_train_steps = 64_000
-  config.lr_boundaries_steps = (32_000, 48_000)
-  config.lr_decay_factor = 0.1
-  config.constant_warmup_steps = -1  # lr 0.01 for 400 iterations at depth >= 110
-  if quick:
-    config.dataset.max_train_examples = 10_000
-    config.num_train_steps = -1
-    config.num_epochs = 2
-    config.lr_schedule = 'cosine'
-    config.lr_boundaries_steps = ()
-    config.constant_warmup_steps = 0
-    config.log_every_steps = 20
-    config.checkpoint_every_steps = 100
-
-
-def short_cpu_recipe(config, epochs: int, train_examples: int = -1) -> None:
-  """A short schedule a 2-core CPU can run: `epochs` of cosine-decayed SGD with Nesterov
-  momentum 0.9, lr 0.1, weight decay 5e-4, batch 128, no warm-up, evaluating every few
-  epochs. Short schedules reach more of their accuracy with cosine decay and the heavier
-  weight decay of Zagoruyko & Komodakis than with He et al.'s steps at 1e-4."""
-  config.dataset.max_train_examples = train_examples
-  config.batch_size = 128
-  config.learning_rate = 0.1
-  config.momentum = 0.9
-  config.nesterov = True
-  config.weight_decay = 5e-4
-  config.num_train_steps = -1
-  config.num_epochs = epochs
-  config.lr_schedule = 'cosine'
-  config.lr_boundaries_steps = ()
-  config.constant_warmup_steps = 0
-  config.warmup_epochs = 0.0
-  config.eval_every_epochs = max(1.0, epochs / 10)
-  config.log_every_steps = 50
-  config.checkpoint_every_steps = 500
 
 
 def _check_positive(config, key: str) -> None:

@@ -681,3 +681,11 @@ def test_bad_data_and_augment_keys_get_a_one_line_error(overrides, message):
   with pytest.raises(errors.ConfigError) as error:
     config_lib.validate(tiny_config(**overrides))
   assert '\n' not in str(error.value) and message in str(error.value), str(error.value)
+
+
+def test_the_done_line_reports_the_final_accuracy_never_the_test_selected_best():
+  results = {'model': 'resnet20-A', 'step': 10, 'test_accuracy': 0.81, 'best_test_accuracy': 0.83,
+             'train_loss': 0.5, 'wall_s': 61.0, 'img_per_s': 500.0, 'compile_s': 2.0}
+  line = train.done_line(results, 10, 'runs/x')
+  assert 'test accuracy 81.00%' in line and '83.00%' not in line and 'best' not in line
+  assert 'val accuracy 79.00%' in train.done_line({**results, 'val_accuracy': 0.79}, 10, 'runs/x')
