@@ -63,11 +63,11 @@ def default_workdir(config_path: str, variant: str, overrides: dict) -> str:
   The --config.x=y overrides are part of the name (sorted, named as sweep points are), so
   runs that differ in them, a plain twin and its residual net say, never share a folder.
   """
-  from resnet_jax import config as config_lib
+  from resnet_jax import schema
   name = os.path.splitext(os.path.basename(config_path))[0]
   variant = variant.replace(',', '_')
   overrides = dict(sorted(overrides.items()))
-  parts = [name] + [variant] * bool(variant) + [config_lib.point_name(overrides)] * bool(overrides)
+  parts = [name] + [variant] * bool(variant) + [schema.point_name(overrides)] * bool(overrides)
   return os.path.join('runs', '_'.join(parts))
 
 
@@ -128,11 +128,11 @@ def _apply_cpu_settings():
 
 
 def _run(config):
-  from resnet_jax import config as config_lib
+  from resnet_jax import schema
   note = _honour_num_epochs(config, config_flags.get_override_values(flags.FLAGS['config']))
   if note:
     print(note, flush=True)
-  config_lib.validate(config)
+  schema.validate(config)
   workdir = _WORKDIR.value or _default_workdir()
   if _MODE.value != 'summary':
     cpu_choice = _apply_cpu_settings()

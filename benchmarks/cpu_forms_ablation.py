@@ -7,7 +7,9 @@ Models: resnet18 (64 px, batch 32, float32), resnet<depth> (CIFAR, batch 128), a
 resnet<depth>_scan (scanned stages). Forms: none, matmul_conv, canonical_backward,
 all_conv_forms, batch_norm, max_pool, fusion_barrier. The form is replaced in
 resnet_jax.model.cpu_ops.CPU by the plain XLA / Flax operation before the model is built, then the
-train step is timed as `launch.py --mode=bench` times it. Prints one JSON line.
+train step is timed as `launch.py --mode=bench` times it, under the XLA:CPU settings
+launch.py applies (resnet_jax/cpu_settings.py; RESNET_JAX_CPU_SETTINGS=xla_defaults for
+XLA's own). Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ from jax import lax
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from resnet_jax import cpu_settings  # noqa: E402
+
+CHOICE = cpu_settings.apply()  # before anything starts JAX's backend, as launch.py does
 
 from resnet_jax import bench  # noqa: E402
 from resnet_jax.model import cpu_ops  # noqa: E402
@@ -88,7 +94,8 @@ def main(argv: list[str]) -> None:
     raise SystemExit(f'unknown form {form!r}; choose from {", ".join(SWITCH_OFF)}')
   SWITCH_OFF[form]()
   result = bench.measure(config_for(model))
-  print(json.dumps({'model': model, 'switched_off': form,
+  settings = (CHOICE or {}).get('name', 'off')
+  print(json.dumps({'model': model, 'switched_off': form, 'xla_cpu_settings': settings,
                     'img_per_s': round(result['img_per_s'], 1)}))
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from resnet_jax import config as config_lib, sweeps  # noqa: E402
+from resnet_jax import schema, sweeps  # noqa: E402
 from resnet_jax.sweeps import spec, vmapped  # noqa: E402
 
 
@@ -32,7 +32,7 @@ def main(argv=None) -> None:
   parser.add_argument('--steps', type=int, default=10)
   parser.add_argument('--repeats', type=int, default=3)
   args = parser.parse_args(argv)
-  config = config_lib.default_config()
+  config = schema.default_config()
   config.model.depth, config.model.width = args.depth, args.width
   config.batch_size = args.batch
   if args.data:

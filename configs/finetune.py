@@ -21,13 +21,13 @@ Time:      dominated by the 224 px forward/backward; see README for measured thr
 """
 
 from configs import recipes
-from resnet_jax import config as config_lib
+from resnet_jax import schema
 from resnet_jax.model import preset
 
 
 def get_config(arg=None):
   variants = recipes.parse(arg, ('linear_probe', 'frozen_bn', 'quick'))
-  config = config_lib.default_config()
+  config = schema.default_config()
   config.model = preset('resnet50')
   config.dataset.normalization = 'imagenet'
   config.augment.resize_to = 224

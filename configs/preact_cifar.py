@@ -28,7 +28,7 @@ Time:      that earlier :quick took 1 min 10 s on a 2-core CPU (403 img/s, measu
 """
 
 from configs import recipes
-from resnet_jax import config as config_lib
+from resnet_jax import schema
 from resnet_jax.model import preset
 
 HE2016_WARMUP_STEPS = 400  # lr 0.01 for the first 400 iterations, every CIFAR run
@@ -36,7 +36,7 @@ HE2016_WARMUP_STEPS = 400  # lr 0.01 for the first 400 iterations, every CIFAR r
 
 def get_config(arg=None):
   variants = recipes.parse(arg, ('quick',))
-  config = config_lib.default_config()
+  config = schema.default_config()
   config.model = preset('preact_resnet164')
   recipes.he_et_al_cifar(config)
   config.constant_warmup_steps = HE2016_WARMUP_STEPS

@@ -29,13 +29,13 @@ Time:      that earlier :quick took 1 min 16 s on a 2-core CPU (399 img/s, measu
 """
 
 from configs import recipes
-from resnet_jax import config as config_lib
+from resnet_jax import schema
 from resnet_jax.model import preset
 
 
 def get_config(arg=None):
   variants = recipes.parse(arg, ('quick', 'cpu'))
-  config = config_lib.default_config()
+  config = schema.default_config()
   config.model = preset('resnet20')
   recipes.he_et_al_cifar(config)
   if variants['cpu']:

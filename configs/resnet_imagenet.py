@@ -32,13 +32,13 @@ Time:      not measured on ImageNet; input decoding dominates (see README for st
 """
 
 from configs import recipes
-from resnet_jax import config as config_lib
+from resnet_jax import schema
 from resnet_jax.model import preset
 
 
 def get_config(arg=None):
   variants = recipes.parse(arg, ('he2015', 'quick'))
-  config = config_lib.default_config()
+  config = schema.default_config()
   config.model = preset('resnet50')
   config.dataset.name = 'imagenet2012'
   config.dataset.image_size = 224

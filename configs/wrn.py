@@ -32,13 +32,13 @@ Time:      that earlier :quick took 1 min 27 s on a 2-core CPU (209 img/s, measu
 """
 
 from configs import recipes
-from resnet_jax import config as config_lib
+from resnet_jax import schema
 from resnet_jax.model import preset
 
 
 def get_config(arg=None):
   variants = recipes.parse(arg, ('dropout', 'zca', 'quick'))
-  config = config_lib.default_config()
+  config = schema.default_config()
   config.model = preset('wrn_28_10')
   config.batch_size = 128
   config.num_epochs = 200

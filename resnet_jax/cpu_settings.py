@@ -263,12 +263,12 @@ def time_candidates(rounds: int = ROUNDS) -> dict:
   """{'img_per_s': {candidate: {workload: img/s}}, 'loadavg': ...}, median over rounds."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from resnet_jax import bench, config as config_lib, parallel  # pylint: disable=g-import-not-at-top
+  from resnet_jax import bench, parallel, schema  # pylint: disable=g-import-not-at-top
   from resnet_jax.model import preset  # pylint: disable=g-import-not-at-top
   mesh = parallel.data_mesh(jax.devices()[:1])
   results: dict[str, dict[str, float]] = {name: {} for name in CANDIDATES}
   for workload, (preset_name, batch_size) in WORKLOADS.items():
-    config = config_lib.default_config()
+    config = schema.default_config()
     config.model = preset(preset_name)
     config.batch_size = batch_size
     _, step, state = bench.build_step(config, mesh, 10)

@@ -11,7 +11,7 @@
 
 The config record: ``config.json`` is written once, by the start that creates the run,
 and never overwritten; a resumed start that changes one of the keys a resume may change
-(config.RESUMABLE_KEYS) appends the change to ``config_changes.jsonl``.
+(schema.RESUMABLE_KEYS) appends the change to ``config_changes.jsonl``.
 ``read_config_record`` applies those changes to config.json: the config that produced the
 run's results. A resumed start also logs ``resumed_from_step``; ``read_metrics`` drops
 the records of the steps it trains again, so best-so-far values come from the trajectory

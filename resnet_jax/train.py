@@ -6,7 +6,7 @@ evaluation, metrics, checkpoints, resume and preemption handling.
 
 What makes a run's record trustworthy: one process per workdir (`checkpoint.WorkdirLock`);
 a resume refuses a config that differs from the run's record outside
-`config.RESUMABLE_KEYS`, before it writes anything; a state is saved only when
+`schema.RESUMABLE_KEYS`, before it writes anything; a state is saved only when
 everything measured since the previous save is finite (`DivergenceGuard`); SIGTERM and
 a first Ctrl-C save and exit, also in the middle of an evaluation.
 """
@@ -35,7 +35,7 @@ from jax import lax
 from jax.sharding import PartitionSpec as P
 
 from resnet_jax import checkpoint, data, metrics, optim, parallel
-from resnet_jax import config as config_lib
+from resnet_jax import schema
 from resnet_jax.data import augment
 from resnet_jax.data.pipeline import local_batch
 from resnet_jax.errors import ConfigChanged, ConfigError, TrainingDiverged, WorkdirError
@@ -550,13 +550,13 @@ def check_config_record(config, workdir: Path) -> dict | None:
   recorded = metrics.read_config_record(workdir)
   if recorded is None or not _has_outputs(workdir):
     return None
-  changed = config_lib.differences(recorded, config)
+  changed = schema.differences(recorded, config)
   refused = {key: change for key, change in changed.items()
-             if key not in config_lib.RESUMABLE_KEYS}
+             if key not in schema.RESUMABLE_KEYS}
   if refused:
-    fresh = f'{workdir}_{config_lib.point_name({key: new for key, (_, new) in refused.items()})}'
+    fresh = f'{workdir}_{schema.point_name({key: new for key, (_, new) in refused.items()})}'
     raise ConfigChanged(
-        f'{workdir} holds a run of another config: {config_lib.describe_differences(refused)}; '
+        f'{workdir} holds a run of another config: {schema.describe_differences(refused)}; '
         'a resume may change only the run length, learning_rate, weight_decay, momentum and '
         f'the logging, eval and checkpoint cadence; use a fresh workdir (--workdir={fresh}) or '
         'drop these changes to resume')
@@ -727,7 +727,7 @@ def _train_and_evaluate(config, workdir: Path, preemption: PreemptionFlag) -> di
     other_changes = {key: change for key, change in (changes or {}).items()
                      if key not in in_state}  # _hyperparams_from_config names those
     if is_main and other_changes:
-      print('Resuming with ' + config_lib.describe_differences(other_changes), flush=True)
+      print('Resuming with ' + schema.describe_differences(other_changes), flush=True)
   except BaseException:
     ckpt.close()
     raise

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnet_jax import checkpoint, config as config_lib, errors, metrics, optim, parallel, train
+from resnet_jax import checkpoint, errors, metrics, optim, parallel, schema, train
 from resnet_jax.data import preprocessing
 from resnet_jax.model import presets
 
@@ -32,7 +32,7 @@ TINY_OVERRIDES = {
 
 
 def tiny_config(**overrides):
-  config = config_lib.default_config()
+  config = schema.default_config()
   config.model = presets.preset('resnet20')
   for key, value in {**TINY_OVERRIDES, **overrides}.items():
     node = config
@@ -275,17 +275,17 @@ def config_flags_free_load(config_file: str, arg=None):
 
 def test_imagenet_config_decays_as_fb_resnet_torch_and_he2015_tests_on_ten_crops():
   config = config_flags_free_load('resnet_imagenet.py')
-  config_lib.validate(config)
+  schema.validate(config)
   multiplier = optim.lr_multiplier(config, steps_per_epoch=100, total_steps=9000)
   for epoch in (1, 30, 31, 60, 61, 90):  # fb.resnet.torch train.lua: 0.1^floor((epoch-1)/30)
     assert float(multiplier((epoch - 1) * 100 + 50)) == pytest.approx(0.1 ** ((epoch - 1) // 30))
   assert config.num_epochs == 90 and config.augment.train_crop == 'random_resized'
 
   he2015 = config_flags_free_load('resnet_imagenet.py', 'he2015')
-  config_lib.validate(he2015)
+  schema.validate(he2015)
   assert (he2015.augment.train_crop, tuple(he2015.augment.scale_range), he2015.augment.pca_noise,
           he2015.augment.eval_crops) == ('scale', (256, 480), 0.1, 10)
-  config_lib.validate(config_flags_free_load('resnet_imagenet.py', 'he2015,quick'))
+  schema.validate(config_flags_free_load('resnet_imagenet.py', 'he2015,quick'))
 
 
 def test_cosine_schedule_warms_up_linearly_then_decays_to_zero():
@@ -679,7 +679,7 @@ def test_bad_config_values_get_a_one_line_error_and_nothing_runs(tmp_path):
     ({'augment.pca_noise': -0.1}, 'augment.pca_noise=-0.1 must be >= 0')])
 def test_bad_data_and_augment_keys_get_a_one_line_error(overrides, message):
   with pytest.raises(errors.ConfigError) as error:
-    config_lib.validate(tiny_config(**overrides))
+    schema.validate(tiny_config(**overrides))
   assert '\n' not in str(error.value) and message in str(error.value), str(error.value)
 
 

@@ -11,7 +11,7 @@ A sweep is a list of points, each a dict {config path: value}, built with three 
 `expand` checks every point against the config (command-line --config.x=y overrides
 included): an unknown path, a wrong type or an impossible architecture is one line before
 anything runs. Each point becomes a `Run` in `W/<name>`, `name` made from its overrides
-(`depth=20,shortcut=A,seed=0`, config.point_name). A Run knows whether its folder holds
+(`depth=20,shortcut=A,seed=0`, schema.point_name). A Run knows whether its folder holds
 its results (results.json, or diverged.json for a run that diverged), whether those were
 made by another config, and how to train itself (`Run.train`).
 
@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import ml_collections
 
-from resnet_jax import config as config_lib
+from resnet_jax import schema
 from resnet_jax.metrics import RESULTS_FILE
 from resnet_jax.errors import ConfigError, SweepError, TrainingDiverged
 
@@ -118,22 +118,22 @@ class Run:
     now; None when nothing is recorded."""
     from resnet_jax import metrics  # pylint: disable=g-import-not-at-top
     recorded = metrics.read_config_record(self.workdir)
-    return None if recorded is None else config_lib.differences(recorded, self.config)
+    return None if recorded is None else schema.differences(recorded, self.config)
 
   def stale_reason(self) -> str | None:
     """Why this point's folder holds another config's run ('model.depth 20 -> 14'); None
     if it does not.
 
     Results count only if the recorded config equals the point's config; a partial run
-    may differ only where a resume may (config.RESUMABLE_KEYS).
+    may differ only where a resume may (schema.RESUMABLE_KEYS).
     """
     changed = self.differences()
     if changed is None:
       return 'results without a config.json' if self.has_results() else None
     if not self.has_results():
       changed = {key: change for key, change in changed.items()
-                 if key not in config_lib.RESUMABLE_KEYS}
-    return config_lib.describe_differences(changed, limit=3) if changed else None
+                 if key not in schema.RESUMABLE_KEYS}
+    return schema.describe_differences(changed, limit=3) if changed else None
 
   def is_finished(self) -> bool:
     """Has results, made by the point's config as it is now."""
@@ -220,18 +220,18 @@ def expand(config, points: Sequence[Point], workdir) -> list[Run]:
     raise SweepError('get_sweep returned no points')
   if not all(isinstance(point, dict) for point in points):
     raise SweepError('get_sweep must return a list of dicts {config path: value}')
-  keys = config_lib.short_keys(path for point in points for path in point)
+  keys = schema.short_keys(path for point in points for path in point)
   runs: list[Run] = []
   seen: dict[str, int] = {}
   for index, point in enumerate(points):
-    name = config_lib.point_name(point, keys)
+    name = schema.point_name(point, keys)
     if name in seen:
       raise SweepError(f'sweep points {seen[name]} and {index} are the same ({name}); '
                        'remove the duplicate')
     seen[name] = index
     point_config = apply_overrides(config, point)
     try:
-      config_lib.validate(point_config)
+      schema.validate(point_config)
     except ConfigError as error:
       raise SweepError(f'sweep point {name}: {error}') from None
     runs.append(Run(name=name, overrides=dict(point), config=point_config,

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from resnet_jax import bench, config as config_lib, data, train
+from resnet_jax import bench, data, schema, train
 from resnet_jax.data import registry
 from resnet_jax.errors import DatasetError
 from resnet_jax.model import preset
@@ -29,7 +29,7 @@ def tiny_shapes_folder(root):
 
 
 def test_the_named_datasets_are_rows_that_the_loaders_and_bench_read(tmp_path):
-  config = config_lib.default_config()
+  config = schema.default_config()
   for name, classes in (('cifar10', 10), ('cifar100', 100), ('svhn_cropped', 10),
                         ('imagenet2012', 1000)):
     config.dataset.name = name
@@ -57,14 +57,14 @@ def test_a_registered_dataset_trains_from_its_row_alone(tmp_path):
   """One row, nothing else: the config check, the class count, the loader and the train
   loop all take the new name."""
   registry.register(TINY_SHAPES)
-  config = config_lib.default_config()
+  config = schema.default_config()
   config.model = preset('resnet20')
   config.model.depth = 8
   config.dataset.update(dict(name='tiny_shapes', path=str(tiny_shapes_folder(tmp_path / 'd')),
                              cache_dir=str(tmp_path / 'cache')))
   config.update(dict(batch_size=8, eval_batch_size=8, num_train_steps=2, log_every_steps=1,
                      checkpoint_every_steps=2))
-  config_lib.validate(config)
+  schema.validate(config)
   assert data.num_classes(config.dataset) == 2
 
   results = train.train_and_evaluate(config, tmp_path / 'run')

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from resnet_jax import config as config_lib, sweeps, train
+from resnet_jax import schema, sweeps, train
 from resnet_jax.errors import SweepError
 from resnet_jax.sweeps import execute, spec, vmapped
 from tiny_sweeps import SEEDS, tiny_config, write_sweep_file
@@ -22,20 +22,20 @@ def test_bad_spec_stops_the_sweep_before_any_training(tmp_path, monkeypatch):
   spec = write_sweep_file(tmp_path / 'spec.py',
                           "sweeps.axis('model.depth', [20, 21])")
   with pytest.raises(SweepError, match='depth=21'):
-    execute.main(config_lib.default_config(), str(spec), tmp_path / 'w')
+    execute.main(schema.default_config(), str(spec), tmp_path / 'w')
   assert not (tmp_path / 'w').exists()
 
 
 def test_a_config_file_without_get_sweep_is_a_clear_error(tmp_path):
   with pytest.raises(SweepError, match='has no get_sweep'):
-    execute.main(config_lib.default_config(), str(ROOT / 'configs/resnet_cifar.py'), tmp_path)
+    execute.main(schema.default_config(), str(ROOT / 'configs/resnet_cifar.py'), tmp_path)
 
 
 @pytest.mark.parametrize('mode, speedup, together', [
     ('off', 9.0, False), ('on', 0.1, True), ('auto', 0.3, False), ('auto', 1.5, True)])
 def test_vmap_modes_batch_a_group_only_where_asked_or_measured_faster(
     mode, speedup, together, monkeypatch):
-  runs = spec.expand(config_lib.default_config(), sweeps.axis('seed', [0, 1]), '/w')
+  runs = spec.expand(schema.default_config(), sweeps.axis('seed', [0, 1]), '/w')
   calls = []
   monkeypatch.setattr(vmapped, 'measure', lambda runs: calls.append('measure') or {
       'speedup': speedup, 'model': 'm', 'separate_img_per_s': 1.0, 'vmapped_img_per_s': speedup})
@@ -133,7 +133,7 @@ def test_a_rerun_with_other_overrides_stops_before_running_and_names_points_and_
 def test_a_get_sweep_that_raises_is_one_line(tmp_path):
   spec = write_sweep_file(tmp_path / 'spec.py', "{}['seeds']")
   with pytest.raises(SweepError, match=r"spec.py: get_sweep\(None\) raised KeyError: 'seeds'"):
-    execute.main(config_lib.default_config(), str(spec), tmp_path / 'w')
+    execute.main(schema.default_config(), str(spec), tmp_path / 'w')
 
 
 def test_submitit_local_executor_runs_points_as_jobs(tiny_data, tmp_path):
@@ -178,7 +178,7 @@ def test_submitit_local_runs_one_point_per_gpu_at_a_time(monkeypatch, tmp_path):
   monkeypatch.setattr(submitit, 'LocalExecutor', FakeLocalExecutor)
   monkeypatch.setattr(execute, '_local_gpu_count', lambda: 2)
   FakeLocalExecutor.log = []
-  runs = spec.expand(config_lib.default_config(), sweeps.axis('seed', [0, 1, 2, 3, 4]), tmp_path)
+  runs = spec.expand(schema.default_config(), sweeps.axis('seed', [0, 1, 2, 3, 4]), tmp_path)
   failures = execute.submit_jobs([[run] for run in runs], tmp_path, 'submitit_local', '', None,
                                poll_s=0)
   assert failures == []

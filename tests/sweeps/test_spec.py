@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from resnet_jax import config as config_lib, sweeps
+from resnet_jax import schema, sweeps
 from resnet_jax.errors import SweepError
 from resnet_jax.sweeps import spec
 
@@ -49,11 +49,11 @@ def test_bad_specs_fail_with_one_line(build, message):
 ])
 def test_every_point_is_checked_against_the_config_before_anything_runs(points, message):
   with pytest.raises(SweepError, match=message):
-    spec.expand(config_lib.default_config(), points, '/nonexistent')
+    spec.expand(schema.default_config(), points, '/nonexistent')
 
 
 def test_overrides_apply_to_a_copy():
-  base = config_lib.default_config()
+  base = schema.default_config()
   changed = spec.apply_overrides(base, {'model.depth': 56, 'learning_rate': 1})
   assert (changed.model.depth, changed.learning_rate, base.model.depth) == (56, 1.0, 20)
 
@@ -64,16 +64,16 @@ def test_overrides_apply_to_a_copy():
 def test_point_names_are_short_and_deterministic():
   points = sweeps.product(sweeps.axis('model.depth', [20]), sweeps.axis('model.shortcut', ['A']),
                          sweeps.axis('seed', [0]), sweeps.axis('learning_rate', [1e-4]))
-  runs = spec.expand(config_lib.default_config(), points, '/w')
+  runs = spec.expand(schema.default_config(), points, '/w')
   assert runs[0].name == 'depth=20,shortcut=A,seed=0,learning_rate=0.0001'
   assert runs[0].workdir == Path('/w/depth=20,shortcut=A,seed=0,learning_rate=0.0001')
 
 
 def test_point_names_keep_full_paths_where_last_keys_clash_and_are_filesystem_safe():
   point = {'model.width': 2, 'dataset.width': 3, 'dataset.path': '/data/c 10'}
-  assert config_lib.point_name(point) == 'model.width=2,dataset.width=3,path=_data_c_10'
-  long = config_lib.point_name({'dataset.path': 'x' * 300})
-  assert len(long) <= 120 and long == config_lib.point_name({'dataset.path': 'x' * 300})
+  assert schema.point_name(point) == 'model.width=2,dataset.width=3,path=_data_c_10'
+  long = schema.point_name({'dataset.path': 'x' * 300})
+  assert len(long) <= 120 and long == schema.point_name({'dataset.path': 'x' * 300})
 
 
 def test_config_argument_is_split_from_the_file():

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from resnet_jax import config as config_lib, sweeps
+from resnet_jax import schema, sweeps
 from resnet_jax.sweeps import spec, vmapped
 from tiny_sweeps import SEEDS, tiny_config
 
@@ -15,7 +15,7 @@ from tiny_sweeps import SEEDS, tiny_config
 def test_only_runs_differing_in_seed_lr_wd_momentum_share_a_vmapped_group():
   points = sweeps.product(sweeps.axis('model.depth', [20, 32]), sweeps.axis('seed', [0, 1, 2]),
                          sweeps.axis('learning_rate', [0.1, 0.05]))
-  runs = spec.expand(config_lib.default_config(), points, '/w')
+  runs = spec.expand(schema.default_config(), points, '/w')
   groups = vmapped.group_runs(runs, max_group=4)
   assert [len(g) for g in groups] == [4, 2, 4, 2]
   for group in groups:

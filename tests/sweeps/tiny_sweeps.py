@@ -3,7 +3,7 @@
 import textwrap
 from pathlib import Path
 
-from resnet_jax import config as config_lib
+from resnet_jax import schema
 from resnet_jax.model import presets
 from resnet_jax.sweeps import spec
 
@@ -12,7 +12,7 @@ SEEDS = [0, 1, 2, 3]
 
 def tiny_config(data_dir, **overrides):
   """ResNet-8 on 80 images, 4 steps of 16: seconds per run on 8 simulated CPU devices."""
-  config = config_lib.default_config()
+  config = schema.default_config()
   config.model = presets.preset('resnet20')
   config.model.depth = 8
   values = {'dataset.name': 'folder', 'dataset.path': str(data_dir), 'batch_size': 16,
@@ -25,9 +25,9 @@ def tiny_config(data_dir, **overrides):
 
 def write_sweep_file(path: Path, points_code: str) -> Path:
   path.write_text(textwrap.dedent(f'''
-      from resnet_jax import config as config_lib, sweeps
+      from resnet_jax import schema, sweeps
       def get_config(arg=None):
-        return config_lib.default_config()
+        return schema.default_config()
       def get_sweep(arg=None):
         return {points_code}
       '''))

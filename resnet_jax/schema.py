@@ -1,5 +1,5 @@
-"""Every config key with its default, the one early check of a whole config, the names
-of overrides, and how a run's recorded config differs from a config.
+"""The config schema: every config key with its default, the one early check of a whole
+config, the names of overrides, and how a run's recorded config differs from a config.
 
 Config files in configs/ and experiments/ start from `default_config()` and change what
 their recipe needs (the recipes several of them share are configs/recipes.py). Key names
