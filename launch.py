@@ -63,20 +63,12 @@ def default_workdir(config_path: str, variant: str, overrides: dict) -> str:
   The --config.x=y overrides are part of the name (sorted, named as sweep points are), so
   runs that differ in them, a plain twin and its residual net say, never share a folder.
   """
-  from resnet_jax import sweep
+  from resnet_jax import schema
   name = os.path.splitext(os.path.basename(config_path))[0]
   variant = variant.replace(',', '_')
   overrides = dict(sorted(overrides.items()))
-  parts = [name] + [variant] * bool(variant) + [sweep.point_name(overrides)] * bool(overrides)
+  parts = [name] + [variant] * bool(variant) + [schema.point_name(overrides)] * bool(overrides)
   return os.path.join('runs', '_'.join(parts))
-
-
-def _user_errors() -> tuple[type[Exception], ...]:
-  """Errors caused by a bad config, path, file or workdir: shown as one line, no traceback."""
-  from resnet_jax import checkpoint, datasets
-  from resnet_jax.cpu_settings import CpuSettingsError
-  from resnet_jax.presets import ConfigError
-  return (ConfigError, datasets.DatasetError, checkpoint.RunError, CpuSettingsError)
 
 
 def _honour_num_epochs(config, overrides) -> str | None:
@@ -88,7 +80,7 @@ def _honour_num_epochs(config, overrides) -> str | None:
   new length in epochs, so 2 epochs keep the recipe's shape. Returns the line that says
   so; both overrides at once are a ConfigError naming the one that wins.
   """
-  from resnet_jax.presets import ConfigError
+  from resnet_jax.errors import ConfigError
   if 'num_epochs' not in overrides or config.num_train_steps <= 0:
     return None
   if 'num_train_steps' in overrides:
@@ -119,9 +111,10 @@ def main(argv):
     config.keys()  # a file that failed to load surfaces here, on first use
   except OSError as error:  # --config names a file that cannot be loaded
     _config_file_error(error)
+  from resnet_jax.errors import ResnetJaxError
   try:
     _run(config)
-  except _user_errors() as error:
+  except ResnetJaxError as error:  # a bad config, path, file or workdir: one line
     sys.exit(f'error: {error}')
   except KeyboardInterrupt:  # Ctrl-C before training started: nothing to save
     print('interrupted', file=sys.stderr)
@@ -135,19 +128,19 @@ def _apply_cpu_settings():
 
 
 def _run(config):
-  from resnet_jax import config as config_lib
+  from resnet_jax import schema
   note = _honour_num_epochs(config, config_flags.get_override_values(flags.FLAGS['config']))
   if note:
     print(note, flush=True)
-  config_lib.validate(config)
+  schema.validate(config)
   workdir = _WORKDIR.value or _default_workdir()
   if _MODE.value != 'summary':
     cpu_choice = _apply_cpu_settings()
     from resnet_jax import compilation_cache
     compilation_cache.enable()  # a rerun, resume or sweep point skips compilation
   if _SWEEP.value:
-    from resnet_jax import sweep
-    sweep.main(config, config_flags.get_config_filename(flags.FLAGS['config']), workdir,
+    from resnet_jax.sweeps import execute
+    execute.main(config, config_flags.get_config_filename(flags.FLAGS['config']), workdir,
                executor=_SWEEP_EXECUTOR.value, executor_args=_SWEEP_EXECUTOR_ARGS.value,
                vmap=_SWEEP_VMAP.value, dry_run=_MODE.value == 'summary')
     return

@@ -6,8 +6,10 @@
 Models: resnet18 (64 px, batch 32, float32), resnet<depth> (CIFAR, batch 128), and
 resnet<depth>_scan (scanned stages). Forms: none, matmul_conv, canonical_backward,
 all_conv_forms, batch_norm, max_pool, fusion_barrier. The form is replaced in
-resnet_jax.layers by the plain XLA / Flax operation before anything is traced, then the
-train step is timed as `launch.py --mode=bench` times it. Prints one JSON line.
+resnet_jax.model.cpu_ops.CPU by the plain XLA / Flax operation before the model is built, then the
+train step is timed as `launch.py --mode=bench` times it, under the XLA:CPU settings
+launch.py applies (resnet_jax/cpu_settings.py; RESNET_JAX_CPU_SETTINGS=xla_defaults for
+XLA's own). Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -17,23 +19,29 @@ import json
 import sys
 from pathlib import Path
 
-import flax.linen as nn
+import dataclasses
+
 from jax import lax
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from resnet_jax import bench, layers  # noqa: E402
+from resnet_jax import cpu_settings  # noqa: E402
+
+CHOICE = cpu_settings.apply()  # before anything starts JAX's backend, as launch.py does
+
+from resnet_jax import bench  # noqa: E402
+from resnet_jax.model import cpu_ops  # noqa: E402
 
 _plain_conv = lambda lhs, rhs, strides, padding, **_: lax.conv_general_dilated(
     lhs, rhs, strides, padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-_ours = layers.conv_general_dilated
+_ours = cpu_ops.conv_general_dilated
 
 
 def _without_matmul(lhs, rhs, strides, padding, **kwargs):
   """Every conv the explicit-backward XLA conv, none a matmul."""
-  (rhs,) = layers._as_varying_like(lhs, rhs)  # as layers.conv_general_dilated does
-  return layers._canonical_conv(lhs, rhs, tuple(strides), tuple(map(tuple, padding)))
+  (rhs,) = cpu_ops._as_varying_like(lhs, rhs)  # as cpu_ops.conv_general_dilated does
+  return cpu_ops._canonical_conv(lhs, rhs, tuple(strides), tuple(map(tuple, padding)))
 
 
 def _without_canonical_backward(lhs, rhs, strides, padding, **kwargs):
@@ -46,16 +54,19 @@ def _without_canonical_backward(lhs, rhs, strides, padding, **kwargs):
   return _plain_conv(lhs, rhs, strides, padding)
 
 
+def _switch_off(**plain) -> None:
+  """The CPU forms with `plain` of them replaced, as build_model will pick them."""
+  cpu_ops.CPU = dataclasses.replace(cpu_ops.CPU, **plain)
+
+
 SWITCH_OFF = {
     'none': lambda: None,
-    'matmul_conv': lambda: setattr(layers, 'conv_general_dilated', _without_matmul),
-    'canonical_backward': lambda: setattr(layers, 'conv_general_dilated',
-                                          _without_canonical_backward),
-    'all_conv_forms': lambda: setattr(layers, 'conv_general_dilated', _plain_conv),
-    'batch_norm': lambda: setattr(layers, 'BatchNorm', nn.BatchNorm),
-    'max_pool': lambda: setattr(layers, 'max_pool', lambda x, w=3, s=2, p=1: nn.max_pool(
-        x, (w, w), (s, s), ((p, p), (p, p)))),
-    'fusion_barrier': lambda: setattr(layers, 'fusion_barrier', lambda x: x),
+    'matmul_conv': lambda: _switch_off(conv_general_dilated=_without_matmul),
+    'canonical_backward': lambda: _switch_off(conv_general_dilated=_without_canonical_backward),
+    'all_conv_forms': lambda: _switch_off(conv_general_dilated=_plain_conv),
+    'batch_norm': lambda: _switch_off(batch_norm=cpu_ops.XLA.batch_norm),
+    'max_pool': lambda: _switch_off(max_pool=cpu_ops.XLA.max_pool),
+    'fusion_barrier': lambda: _switch_off(fusion_barrier=cpu_ops.XLA.fusion_barrier),
 }
 
 
@@ -83,7 +94,8 @@ def main(argv: list[str]) -> None:
     raise SystemExit(f'unknown form {form!r}; choose from {", ".join(SWITCH_OFF)}')
   SWITCH_OFF[form]()
   result = bench.measure(config_for(model))
-  print(json.dumps({'model': model, 'switched_off': form,
+  settings = (CHOICE or {}).get('name', 'off')
+  print(json.dumps({'model': model, 'switched_off': form, 'xla_cpu_settings': settings,
                     'img_per_s': round(result['img_per_s'], 1)}))
 
 

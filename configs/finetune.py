@@ -8,7 +8,8 @@ Command:   python -m resnet_jax.convert --arch=resnet50 --weights=resnet50-0676b
                --config.dataset.path=<dir or .tar.gz with train/<class>/... and test/<class>/...>
 Variants:  :linear_probe  train only a new head on frozen features (BN in inference mode)
            :frozen_bn     train every weight, but keep BN's running statistics fixed
-           :quick         ResNet-18, 1 epoch on 2,000 images at 64 px (CPU)
+           :quick         ResNet-18 at 64 px, the plumbing check of configs/recipes.py:
+                          2 epochs of batch 32 on 4,096 images at lr 0.05 (CPU)
            default: full fine-tuning. Combine with commas, e.g. :linear_probe,quick
 Recipe:    the head is replaced for the new class count; 32 px inputs are resized on the
            device to 224 (augment.resize_to); inputs are normalised with ImageNet's mean/std,
@@ -19,14 +20,15 @@ Expected:  ResNet-50 full fine-tuning on CIFAR-10 reaches about 97% (Kornblith e
 Time:      dominated by the 224 px forward/backward; see README for measured throughput.
 """
 
-from resnet_jax import config as config_lib
-from resnet_jax import presets
+from configs import recipes
+from resnet_jax import schema
+from resnet_jax.model import preset
 
 
 def get_config(arg=None):
-  variants = config_lib.variants(arg, ('linear_probe', 'frozen_bn', 'quick'))
-  config = config_lib.default_config()
-  config.model = presets.preset('resnet50')
+  variants = recipes.parse(arg, ('linear_probe', 'frozen_bn', 'quick'))
+  config = schema.default_config()
+  config.model = preset('resnet50')
   config.dataset.normalization = 'imagenet'
   config.augment.resize_to = 224
   config.batch_size = 64
@@ -40,15 +42,13 @@ def get_config(arg=None):
   config.lr_schedule = 'cosine'
   config.log_every_steps = 50
   config.checkpoint_every_steps = 1000
-  if 'linear_probe' in variants:
+  if variants['linear_probe']:
     config.finetune_mode = 'linear_probe'
     config.learning_rate = 0.1
-  if 'frozen_bn' in variants:
+  if variants['frozen_bn']:
     config.finetune_mode = 'frozen_bn'
-  if 'quick' in variants:
-    config.model = presets.preset('resnet18')
-    config.dataset.max_train_examples = 2_000
+  if variants['quick']:
+    config.model = preset('resnet18')
     config.augment.resize_to = 64
-    config.num_epochs = 1
-    config.log_every_steps = 5
+    recipes.quick(config)
   return config

@@ -1,15 +1,16 @@
-"""What the ablation experiments share: their argument, the CIFAR recipes, quick mode,
+"""What the ablation experiments share: their argument and sizes, the CIFAR recipe,
 reading a trained run back, and the figure conventions.
 
 An experiment's argument is a comma list of variant names and `key=N` numbers, e.g.
-`experiments/degradation.py:quick,seeds=3`. Every experiment has three sizes:
+`experiments/degradation.py:quick,seeds=3` (configs/recipes.py `parse`, as every config
+file's). Every experiment has three sizes:
 
 * default: the paper's setup (for a GPU);
 * `:cpu`: the smallest setting on the real CIFAR-10 at which the paper's effect was
   measured to stand clear of the seed-to-seed spread, within 45 minutes on this project's
   2-core CPU (the measured figures are in each docstring and the README);
-* `:quick`: a plumbing check for the tests, minutes on a CPU; it shows nothing about the
-  papers' claims.
+* `:quick`: the plumbing check of configs/recipes.py, minutes on a CPU; it shows nothing
+  about the papers' claims.
 """
 
 from __future__ import annotations
@@ -20,46 +21,34 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from resnet_jax import report, sweep
-from resnet_jax.presets import ConfigError
-
-# Quick mode: minutes per experiment on a 2-core CPU, on a fixed subset of the real training
-# split (the full test split is kept, so errors are comparable across runs). Batches of 32
-# give 256 steps in 2 epochs of 4,096 images: enough for the orderings of the papers to
-# show early in training, where 3 epochs at batch 128 (48 steps) showed only noise.
-QUICK_TRAIN_EXAMPLES = 4096
-QUICK_EPOCHS = 2
-QUICK_BATCH = 32
-QUICK_LEARNING_RATE = 0.05
-
+from configs import recipes
+from resnet_jax import sweeps
+from resnet_jax.errors import ConfigError
+from resnet_jax.sweeps import report
 
 CPU_SEEDS = 2  # the :cpu variants show the seed-to-seed spread
 
 
-def parse_arg(arg: str | None, variants: Sequence[str] = ('quick', 'cpu'),
-              numbers: Sequence[str] = ('seeds',)) -> dict[str, Any]:
-  """'quick,seeds=3' -> {'quick': True, 'cpu': False, 'seeds': 3}; unset numbers are None."""
-  options: dict[str, Any] = {name: False for name in variants}
-  options.update({name: None for name in numbers})
-  for token in filter(None, (t.strip() for t in (arg or '').split(','))):
-    key, sep, value = token.partition('=')
-    if not sep and key in variants:
-      options[key] = True
-    elif sep and key in numbers and value.isdigit() and int(value) > 0:
-      options[key] = int(value)
-    else:
-      allowed = list(variants) + [f'{n}=N' for n in numbers]
-      raise ConfigError(f'unknown experiment argument {token!r}; allowed: {", ".join(allowed)} '
-                        '(combine with commas, e.g. :quick,seeds=3)')
-  if options.get('quick') and options.get('cpu'):
-    raise ConfigError("choose one of the experiment sizes 'quick' and 'cpu', not both")
-  return options
+def options(arg: str | None, numbers: Sequence[str] = ('seeds',)) -> dict[str, Any]:
+  """An experiment's argument: its size (:quick or :cpu) and `numbers` such as seeds=N."""
+  return recipes.parse(arg, recipes.SIZES, numbers)
 
 
-def seeds(options: dict[str, Any], default: int = 1) -> list[sweep.Point]:
+def sized(config, options: dict[str, Any], **cpu):
+  """`config` at the chosen size: recipes.quick for :quick, recipes.cpu(**cpu) for :cpu,
+  unchanged (the paper's setup) otherwise."""
+  if options['quick']:
+    recipes.quick(config)
+  if options['cpu']:
+    recipes.cpu(config, **cpu)
+    config.keep_checkpoints = 1  # a sweep keeps one checkpoint per point
+  return config
+
+
+def seeds(options: dict[str, Any], default: int = 1) -> list[sweeps.Point]:
   """Seeds 0..n-1: `seeds=n`, else CPU_SEEDS for :cpu, else `default`."""
   count = options.get('seeds') or (CPU_SEEDS if options.get('cpu') else default)
-  return sweep.axis('seed', list(range(count)))
+  return sweeps.axis('seed', list(range(count)))
 
 
 def size(options: dict[str, Any]) -> str:
@@ -70,15 +59,15 @@ def size(options: dict[str, Any]) -> str:
 def shortcut_depth_sweep(options: dict[str, Any], shortcuts: Sequence[str],
                          depths: dict[str, Sequence[int]]) -> list:
   """Every shortcut x every depth of the chosen size (depths[size]) x the seeds."""
-  return sweep.product(sweep.axis('model.shortcut', list(shortcuts)),
-                       sweep.axis('model.depth', list(depths[size(options)])), seeds(options))
+  return sweeps.product(sweeps.axis('model.shortcut', list(shortcuts)),
+                       sweeps.axis('model.depth', list(depths[size(options)])), seeds(options))
 
 
 def block_names(model_config, experiment: str) -> list[str]:
   """'stage1_block0', ... from the input to the output; the per-block measurements read
   blocks by these names, which a scanned stage does not have."""
-  from resnet_jax import presets  # pylint: disable=g-import-not-at-top
-  arch = presets.architecture(model_config)
+  from resnet_jax.model import architecture  # pylint: disable=g-import-not-at-top
+  arch = architecture(model_config)
   if arch['scan_blocks']:
     raise ConfigError(f'{experiment} reads every block by name; run it with '
                       '--config.model.scan_blocks=false')
@@ -89,37 +78,6 @@ def he2015_cifar():
   """The CIFAR-10 recipe of He et al. 2015 (configs/resnet_cifar.py), ResNet-20."""
   from configs import resnet_cifar  # pylint: disable=g-import-not-at-top
   return resnet_cifar.get_config()
-
-
-def make_quick(config, *, train_examples: int = QUICK_TRAIN_EXAMPLES,
-               epochs: int = QUICK_EPOCHS, log_every: int = 16):
-  """Shrinks a recipe to a CPU-sized run: a training subset, a few epochs of small batches
-  with a cosine schedule, one evaluation at the end (an evaluation reads all 10,000 test
-  images, which on a 2-core CPU costs about as much as an epoch of this subset)."""
-  config.dataset.max_train_examples = train_examples
-  config.batch_size = QUICK_BATCH
-  config.learning_rate = QUICK_LEARNING_RATE
-  config.num_train_steps = -1
-  config.num_epochs = epochs
-  config.lr_schedule = 'cosine'
-  config.lr_boundaries_steps = ()
-  config.warmup_epochs = 0.0
-  config.log_every_steps = log_every
-  config.eval_every_epochs = float(epochs)
-  config.checkpoint_every_steps = 100
-  config.keep_checkpoints = 1
-  return config
-
-
-def make_cpu(config, *, epochs: float, train_examples: int = -1, evaluations: int = 4):
-  """The :cpu size: the short cosine schedule of configs/resnet_cifar.py:cpu
-  (config.short_cpu_recipe) for `epochs` on `train_examples` real training images (all by
-  default), with `evaluations` evaluations of the whole test split along the way."""
-  from resnet_jax import config as config_lib  # pylint: disable=g-import-not-at-top
-  config_lib.short_cpu_recipe(config, epochs=epochs, train_examples=train_examples)
-  config.eval_every_epochs = epochs / evaluations
-  config.keep_checkpoints = 1
-  return config
 
 
 # ----------------------------------------------------------------------------- reading runs
@@ -152,8 +110,8 @@ def restore_variables(run) -> dict[str, Any]:
 
 def test_images(config, count: int):
   """The first `count` test images, normalised as the model saw them, and their labels."""
-  from resnet_jax import augment, datasets  # pylint: disable=g-import-not-at-top
-  dataset = datasets.load_in_memory(config.dataset, seed=config.seed)
+  from resnet_jax.data import augment, in_memory  # pylint: disable=g-import-not-at-top
+  dataset = in_memory.load(config.dataset, seed=config.seed)
   images = augment.normalize(dataset.test.images[:count], dataset.mean, dataset.std)
   return images, dataset.test.labels[:count], dataset.num_classes
 

@@ -35,7 +35,7 @@ from __future__ import annotations
 import numpy as np
 
 from experiments import common
-from resnet_jax import report
+from resnet_jax.sweeps import report
 
 DEPTHS = {'full': (20, 32, 44, 56, 110), 'cpu': (20, 56), 'quick': (8, 20, 32)}
 CPU_EPOCHS, CPU_TRAIN_EXAMPLES = 3, 20_000
@@ -45,18 +45,12 @@ TITLES = {'none': 'plain nets', 'A': 'residual nets (option A)'}
 
 
 def get_config(arg=None):
-  options = common.parse_arg(arg)
-  config = common.he2015_cifar()
-  if options['quick']:
-    common.make_quick(config)
-  if options['cpu']:
-    common.make_cpu(config, epochs=CPU_EPOCHS, train_examples=CPU_TRAIN_EXAMPLES,
-                    evaluations=3)
-  return config
+  return common.sized(common.he2015_cifar(), common.options(arg), epochs=CPU_EPOCHS,
+                      train_examples=CPU_TRAIN_EXAMPLES, evaluations=3)
 
 
 def get_sweep(arg=None):
-  return common.shortcut_depth_sweep(common.parse_arg(arg), SHORTCUTS, DEPTHS)
+  return common.shortcut_depth_sweep(common.options(arg), SHORTCUTS, DEPTHS)
 
 
 def _curves(runs, shortcut: str, depth: int, key: str):

@@ -45,8 +45,10 @@ from pathlib import Path
 
 import numpy as np
 
+from configs import recipes
 from experiments import common
-from resnet_jax import report, sweep
+from resnet_jax import metrics, sweeps
+from resnet_jax.sweeps import report
 
 DEPTHS = {'full': (20, 32, 44, 56, 110), 'cpu': (20, 56, 110), 'quick': (8, 20)}
 NORMS = ('batch', 'none')
@@ -59,7 +61,7 @@ GRADIENTS_FILE = 'gradients.json'
 
 
 def get_config(arg=None):
-  options = common.parse_arg(arg)
+  options = common.options(arg)
   config = common.he2015_cifar()
   config.augment.crop_padding = 0
   config.augment.flip = False
@@ -69,15 +71,15 @@ def get_config(arg=None):
   config.constant_warmup_steps = 0
   config.num_train_steps = STEPS[common.size(options)]
   if options['quick']:
-    config.dataset.max_train_examples = common.QUICK_TRAIN_EXAMPLES
+    config.dataset.max_train_examples = recipes.QUICK_TRAIN_EXAMPLES
     config.batch_size = 64
   config.log_every_steps = 1
   return config
 
 
 def get_sweep(arg=None):
-  options = common.parse_arg(arg)
-  return sweep.product(sweep.axis('model.norm', list(NORMS)),
+  options = common.options(arg)
+  return sweeps.product(sweeps.axis('model.norm', list(NORMS)),
                        common.shortcut_depth_sweep(options, SHORTCUTS, DEPTHS))
 
 
@@ -99,12 +101,13 @@ def make_gradient_fn(model, num_classes: int, block_names: list[str]):
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from resnet_jax import models, train  # pylint: disable=g-import-not-at-top
+  from resnet_jax import train  # pylint: disable=g-import-not-at-top
+  from resnet_jax.model import ResidualBlock  # pylint: disable=g-import-not-at-top
 
   def loss_fn(params, perturbations, batch_stats, images, labels):
     def add_perturbation(next_fun, args, kwargs, context):
       out = next_fun(*args, **kwargs)
-      if isinstance(context.module, models.ResidualBlock) and context.method_name == '__call__':
+      if isinstance(context.module, ResidualBlock) and context.method_name == '__call__':
         out = out + perturbations[context.module.name]
       return out
 
@@ -117,7 +120,7 @@ def make_gradient_fn(model, num_classes: int, block_names: list[str]):
     def shapes():
       _, state = model.apply({'params': params, 'batch_stats': batch_stats}, images, train=False,
                              capture_intermediates=lambda m, name: isinstance(
-                                 m, models.ResidualBlock), mutable=['intermediates'])
+                                 m, ResidualBlock), mutable=['intermediates'])
       return {name: state['intermediates'][name]['__call__'][0] for name in block_names}
 
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(shapes))
@@ -133,16 +136,18 @@ def run_point(config, workdir) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
-  from resnet_jax import augment, datasets, optim, presets  # pylint: disable=g-import-not-at-top
+  from resnet_jax import optim  # pylint: disable=g-import-not-at-top
+  from resnet_jax.data import augment, batching, in_memory  # pylint: disable=g-import-not-at-top
+  from resnet_jax.model import build_model, model_name  # pylint: disable=g-import-not-at-top
 
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   start = time.time()
-  dataset = datasets.load_in_memory(config.dataset, seed=config.seed)
+  dataset = in_memory.load(config.dataset, seed=config.seed)
   num_train = len(dataset.train.labels)
   total_steps = config.num_train_steps
   steps_per_epoch = max(1, num_train // config.batch_size)
-  model = presets.build_model(config.model, dataset.num_classes)
+  model = build_model(config.model, dataset.num_classes)
   tx = optim.create_optimizer(config, steps_per_epoch, total_steps)
   init_key, _ = jax.random.split(jax.random.PRNGKey(config.seed))  # as train.create_train_state
   size = config.dataset.image_size
@@ -157,7 +162,7 @@ def run_point(config, workdir) -> dict:
   loss = math.nan
   diverged_at = None
   for step in range(total_steps + 1):
-    indices = datasets.train_batch_indices(config.seed, step, num_train, config.batch_size)
+    indices = batching.train_batch_indices(config.seed, step, num_train, config.batch_size)
     images = augment.normalize(dataset.train.images[indices], dataset.mean, dataset.std)
     labels = dataset.train.labels[indices]
     loss, new_batch_stats, param_grads, block_grads = gradients(params, batch_stats, images,
@@ -184,12 +189,12 @@ def run_point(config, workdir) -> dict:
   common.write_json(workdir / GRADIENTS_FILE,
                     {'blocks': block_names, 'convs': convs, 'records': records})
   first = records[0]['block_grad_norm']
-  results = {'model': presets.model_name(config.model), 'step': total_steps,
+  results = {'model': model_name(config.model), 'step': total_steps,
              'loss_at_init': records[0]['loss'], 'loss_at_end': records[-1]['loss'],
              'block_grad_ratio_at_init': first_to_last(records[0]),
              'stem_grad_norm_at_init': records[0]['conv_grad_norm'][0],
              'diverged_at_step': diverged_at, 'wall_s': time.time() - start}
-  common.write_json(workdir / sweep.RESULTS_FILE, results)
+  common.write_json(workdir / metrics.RESULTS_FILE, results)
   print(f'  {results["model"]}: block gradient first/last at init '
         f'{results["block_grad_ratio_at_init"]:.3g}, loss {results["loss_at_init"]} -> '
         f'{results["loss_at_end"]}' + (f' (diverged at step {diverged_at})'

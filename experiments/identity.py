@@ -37,7 +37,8 @@ import json
 import numpy as np
 
 from experiments import common
-from resnet_jax import report, sweep
+from resnet_jax import sweeps
+from resnet_jax.sweeps import report
 
 # (shortcut, depth) of Fig. 7: plain-20/56 and ResNet-20/56/110.
 NETS = {'full': (('none', 20), ('none', 56), ('A', 20), ('A', 56), ('A', 110)),
@@ -50,32 +51,26 @@ LABELS = {'none': 'plain', 'A': 'ResNet'}
 
 
 def get_config(arg=None):
-  options = common.parse_arg(arg)
-  config = common.he2015_cifar()
-  if options['quick']:
-    common.make_quick(config)
-  if options['cpu']:
-    common.make_cpu(config, epochs=CPU_EPOCHS, train_examples=CPU_TRAIN_EXAMPLES,
-                    evaluations=2)
-  return config
+  return common.sized(common.he2015_cifar(), common.options(arg), epochs=CPU_EPOCHS,
+                      train_examples=CPU_TRAIN_EXAMPLES, evaluations=2)
 
 
 def get_sweep(arg=None):
-  options = common.parse_arg(arg)
+  options = common.options(arg)
   nets = NETS[common.size(options)]
-  return sweep.product(sweep.zip(sweep.axis('model.shortcut', [s for s, _ in nets]),
-                                 sweep.axis('model.depth', [d for _, d in nets])),
+  return sweeps.product(sweeps.zip(sweeps.axis('model.shortcut', [s for s, _ in nets]),
+                                 sweeps.axis('model.depth', [d for _, d in nets])),
                        common.seeds(options))
 
 
 def response_layers(config) -> list[tuple[str, str]]:
   """(scope, module name) of every 3x3 layer's response, from the input to the output."""
-  from resnet_jax import models, presets  # pylint: disable=g-import-not-at-top
-  arch = presets.architecture(config.model)
-  after_bn = not arch['preact'] and arch.get('norm', 'batch') != 'none'
+  from resnet_jax.model import ResidualBlock, architecture  # pylint: disable=g-import-not-at-top
+  block_config = architecture(config.model)['block_config']
+  after_bn = not block_config.preact and block_config.norm != 'none'
   layers = [('', 'stem_bn' if after_bn else 'stem_conv')]
   for block in common.block_names(config.model, 'identity'):
-    kernels = models.ResidualBlock(planes=1, block=arch['block'])._branch_layers()
+    kernels = ResidualBlock(planes=1, config=block_config)._branch_layers()
     layers += [(block, f'bn{i}' if after_bn else f'conv{i}')
                for i, (_, kernel, _) in enumerate(kernels, 1) if kernel == 3]
   return layers
@@ -85,9 +80,9 @@ def layer_responses(config, variables, images, num_classes: int) -> list[dict[st
   """Per 3x3 layer, from the input to the output: the std of its response (Fig. 7)."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from resnet_jax import presets  # pylint: disable=g-import-not-at-top
+  from resnet_jax.model import build_model  # pylint: disable=g-import-not-at-top
   layers = response_layers(config)
-  model = presets.build_model(config.model, num_classes)
+  model = build_model(config.model, num_classes)
   wanted_names = {name for _, name in layers}
 
   @jax.jit

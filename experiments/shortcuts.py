@@ -27,7 +27,8 @@ Output:    W/shortcuts.png (error and parameters per option) and its table in W/
 from __future__ import annotations
 
 from experiments import common
-from resnet_jax import report, sweep
+from resnet_jax import sweeps
+from resnet_jax.sweeps import report
 
 OPTIONS = ('A', 'B', 'C', 'none')
 DEPTHS = {'full': 56, 'cpu': 32, 'quick': 20}
@@ -36,24 +37,20 @@ CPU_EPOCHS, CPU_TRAIN_EXAMPLES = 4, 20_000
 
 
 def _options(arg):
-  return common.parse_arg(arg, numbers=('seeds', 'depth'))
+  return common.options(arg, numbers=('seeds', 'depth'))
 
 
 def get_config(arg=None):
   options = _options(arg)
   config = common.he2015_cifar()
   config.model.depth = options['depth'] or DEPTHS[common.size(options)]
-  if options['quick']:
-    common.make_quick(config)
-  if options['cpu']:
-    common.make_cpu(config, epochs=CPU_EPOCHS, train_examples=CPU_TRAIN_EXAMPLES)
-  return config
+  return common.sized(config, options, epochs=CPU_EPOCHS, train_examples=CPU_TRAIN_EXAMPLES)
 
 
 def get_sweep(arg=None):
   options = _options(arg)
   shortcuts = CPU_OPTIONS if options['cpu'] else OPTIONS
-  return sweep.product(sweep.axis('model.shortcut', shortcuts), common.seeds(options))
+  return sweeps.product(sweeps.axis('model.shortcut', shortcuts), common.seeds(options))
 
 
 def analyze(workdir, runs) -> str:

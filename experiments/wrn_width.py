@@ -32,7 +32,8 @@ from __future__ import annotations
 import math
 
 from experiments import common
-from resnet_jax import metrics, report, sweep
+from resnet_jax import metrics, sweeps
+from resnet_jax.sweeps import report
 
 # (depth, k) pairs of the :cpu variant: a wide, shallow net and a thin, deep one of
 # similar parameter count (0.69M and 0.56M).
@@ -45,25 +46,19 @@ QUICK_WIDTHS = (1, 2)
 
 
 def get_config(arg=None):
-  options = common.parse_arg(arg)
   from configs import wrn  # pylint: disable=g-import-not-at-top
-  config = wrn.get_config()
-  if options['quick']:
-    common.make_quick(config)
-  if options['cpu']:
-    common.make_cpu(config, epochs=CPU_EPOCHS)
-  return config
+  return common.sized(wrn.get_config(), common.options(arg), epochs=CPU_EPOCHS)
 
 
 def get_sweep(arg=None):
-  options = common.parse_arg(arg)
+  options = common.options(arg)
   if options['cpu']:
-    return sweep.product(sweep.zip(sweep.axis('model.depth', [d for d, _ in CPU_NETS]),
-                                   sweep.axis('model.width', [k for _, k in CPU_NETS])),
+    return sweeps.product(sweeps.zip(sweeps.axis('model.depth', [d for d, _ in CPU_NETS]),
+                                   sweeps.axis('model.width', [k for _, k in CPU_NETS])),
                          common.seeds(options))
   quick = options['quick']
-  return sweep.product(sweep.axis('model.depth', QUICK_DEPTHS if quick else FULL_DEPTHS),
-                       sweep.axis('model.width', QUICK_WIDTHS if quick else FULL_WIDTHS),
+  return sweeps.product(sweeps.axis('model.depth', QUICK_DEPTHS if quick else FULL_DEPTHS),
+                       sweeps.axis('model.width', QUICK_WIDTHS if quick else FULL_WIDTHS),
                        common.seeds(options))
 
 

@@ -12,7 +12,7 @@ uint8 images shaped like the config's dataset; nothing is read from disk. Printe
 * peak memory: the device allocator's peak on GPU/TPU; on CPU the process's peak RSS;
 * FLOPs per step from XLA's cost analysis (a multiply-add counts 2). Under `shard_map` the
   program is one device's share, so it is multiplied by the device count. On CPU, where
-  `layers` runs small-map convolutions as matmuls that also multiply their zero padding,
+  `model.cpu_ops` runs small-map convolutions as matmuls that also multiply their zero padding,
   the model's count comes from the same step traced with XLA convolutions
   (`executed_flops_per_step` is the compiled program's own count);
 * MFU = achieved FLOP/s / peak FLOP/s. Accelerators: the published dense peak of the
@@ -35,13 +35,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from resnet_jax import layers, optim, parallel, presets, train
-from resnet_jax.parallel import DATA_AXIS
+from resnet_jax import optim, parallel, train
+from resnet_jax.data import registry
+from resnet_jax.errors import ConfigError
+from resnet_jax.model import model_name, plain_xla
 
 DEFAULT_WARMUP_STEPS = 2
 DEFAULT_STEPS = 10
-_CLASSES = {'cifar10': 10, 'cifar100': 100, 'svhn_cropped': 10, 'svhn': 10,
-            'imagenet2012': 1000}
 _SYNTHETIC_MEAN, _SYNTHETIC_STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
 # Published dense (no sparsity) peak TFLOP/s per device: (device_kind substring, bf16, fp32
@@ -69,9 +69,10 @@ PEAK_TFLOPS = (
 
 
 def num_classes(dataset_config) -> int:
-  """Classes of the config's dataset, without loading it: the known ones, else num_classes."""
-  if dataset_config.name in _CLASSES:
-    return _CLASSES[dataset_config.name]
+  """Classes of the config's dataset, without reading it: its row's, else num_classes, else 10."""
+  known = registry.lookup(dataset_config).num_classes
+  if known is not None:
+    return known
   return dataset_config.num_classes if dataset_config.get('num_classes', -1) > 0 else 10
 
 
@@ -160,8 +161,7 @@ def build_step(config, mesh, classes: int, *, abstract_state: bool = False):
   With `abstract_state`, the state is only its shapes (nothing is initialised), enough to
   lower the step.
   """
-  model = presets.build_model(config.model, classes, half_precision=config.half_precision,
-                              bn_axis_name=DATA_AXIS if config.sync_batch_stats else None)
+  model = train.make_model(config, classes)
   steps_per_epoch, total_steps = 1000, 100_000  # only the schedule's shape depends on them
   tx = optim.create_optimizer(config, steps_per_epoch, total_steps)
   multiplier = optim.lr_multiplier(config, steps_per_epoch, total_steps)
@@ -181,13 +181,13 @@ def model_flops(config, mesh, classes: int, arrays, batch) -> float:
   """The train step's FLOPs as XLA counts them on the unrolled network with XLA convolutions.
 
   XLA counts a scanned stage's loop body once, and the matmul form of small-map
-  convolutions (layers.py, on CPU) multiplies their zero padding too; so the step is
+  convolutions (model/cpu_ops.py, on CPU) multiplies their zero padding too; so the step is
   traced again without either, and lowered only. One device's program x devices.
   """
   plain = config.copy_and_resolve_references()
   with plain.unlocked():
     plain.model.scan_blocks = False
-  with layers.plain_xla():
+  with plain_xla():
     _, step, state = build_step(plain, mesh, classes, abstract_state=True)
     return _cost(step.lower(state, arrays, batch)).get('flops', 0.0) * mesh.size
 
@@ -200,10 +200,10 @@ def measure(config) -> dict[str, Any]:
   warmup = int(config.get('bench_warmup_steps', DEFAULT_WARMUP_STEPS))
   steps = int(config.get('bench_steps', DEFAULT_STEPS))
   if steps < 1 or warmup < 0:
-    raise presets.ConfigError(f'bench_steps={steps} must be >= 1 and bench_warmup_steps='
+    raise ConfigError(f'bench_steps={steps} must be >= 1 and bench_warmup_steps='
                               f'{warmup} >= 0')
 
-  _, step, state = build_step(config, mesh, classes)
+  model, step, state = build_step(config, mesh, classes)
   arrays, batch = {}, synthetic_batch(config, mesh, classes, config.seed)
 
   start = time.perf_counter()
@@ -226,7 +226,7 @@ def measure(config) -> dict[str, Any]:
   # XLA's cost analysis is of one device's program.
   executed_flops = (_cost(compiled).get('flops', 0.0) or _cost(lowered).get('flops', 0.0))
   executed_flops *= mesh.size
-  if layers.on_cpu() or config.model.get('scan_blocks', False):
+  if model.ops.name == 'cpu' or config.model.get('scan_blocks', False):
     flops_per_step = model_flops(config, mesh, classes, arrays, batch)
   else:
     flops_per_step = executed_flops
@@ -242,7 +242,7 @@ def measure(config) -> dict[str, Any]:
   device = jax.devices()[0]
   achieved = flops_per_step / step_time
   return {
-      'model': presets.model_name(config.model),
+      'model': model_name(config.model),
       'batch_size': config.batch_size,
       'image_size': config.dataset.image_size,
       'dtype': 'bfloat16' if config.half_precision else 'float32',

@@ -53,6 +53,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
+from resnet_jax.errors import CheckpointMismatch, WorkdirError, WorkdirInUse
 from resnet_jax.metrics import to_json_scalar
 
 log = logging.getLogger(__name__)
@@ -68,26 +69,6 @@ _TMP_MARKER = '.orbax-checkpoint-tmp'
 _SPACE_MARGIN_BYTES = 2**20
 # The step that `mark_good` vouched for last, kept across restarts.
 LAST_GOOD_FILE = 'last_good.json'
-
-
-class RunError(Exception):
-  """A run that cannot start or go on for a reason the user fixes (its workdir, its
-  checkpoints, its disk); the message is one line naming the fix."""
-
-  def __init__(self, message: str):
-    super().__init__(' '.join(str(message).split()))
-
-
-class CheckpointMismatch(RunError, ValueError):
-  """An intact checkpoint holds another model or optimiser than the one restored."""
-
-
-class WorkdirError(RunError):
-  """The workdir cannot be written: a file, no permission, or a full disk."""
-
-
-class WorkdirInUse(RunError):
-  """Another live process trains in this workdir."""
 
 
 class Checkpointer:

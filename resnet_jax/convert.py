@@ -28,7 +28,7 @@ The padding trap: torch pads every conv and the stem max-pool symmetrically (k /
 each side). XLA's 'SAME' puts the odd pixel of a strided layer's padding at the end: a
 3x3 stride-2 conv on an even-sized input gets (0, 1) instead of torch's (1, 1), the
 7x7 stem at 224 px (2, 3) instead of (3, 3). Same weights, different logits, no error.
-`models.py` pads explicitly and symmetrically, which is what makes converted weights
+`model/resnet.py` pads explicitly and symmetrically, which is what makes converted weights
 reproduce torchvision's logits; tests/test_convert.py checks it on even and odd sizes.
 """
 
@@ -49,7 +49,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from resnet_jax import presets
+from resnet_jax.model import architecture, build_model, default_model_config, model_name, preset
+from resnet_jax.errors import ConfigError, ConversionError
 
 METADATA_FILE = 'model.json'
 VARIABLES_DIR = 'variables'
@@ -58,10 +59,6 @@ DROPPED_SUFFIX = '.num_batches_tracked'  # BN's step counter: no meaning in eval
 CHECKPOINT_WRAPPERS = ('state_dict', 'model')  # full training checkpoints nest the weights
 HEAD_WEIGHT = 'fc.weight'
 _MAX_NAMED = 8  # tensors named per kind of problem; the rest are counted
-
-
-class ConversionError(ValueError):
-  """The weights do not fit the architecture; the one-line message names each tensor."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,24 +119,24 @@ def torch_name(collection: str, path: tuple[str, ...]) -> str:
 def model_config(arch) -> ml_collections.ConfigDict:
   """A preset name or a model config, checked to be a torchvision-layout network."""
   if isinstance(arch, str):
-    config = presets.preset(arch)
+    config = preset(arch)
   else:
-    config = presets.default_model_config()
+    config = default_model_config()
     config.update(dict(arch))
-  arch = presets.architecture(config)  # raises ConfigError on a bad config
-  torchvision_layout = (config.family == 'imagenet' and not arch['preact'] and
-                        arch['shortcut'] in ('B', 'C') and arch['norm'] == 'batch' and
-                        arch['bottleneck_stride'] == '3x3')
+  block = architecture(config)['block_config']  # raises ConfigError on a bad config
+  torchvision_layout = (config.family == 'imagenet' and not block.preact and
+                        block.shortcut in ('B', 'C') and block.norm == 'batch' and
+                        block.bottleneck_stride == '3x3')
   if not torchvision_layout:
     raise ConversionError(
-        f'{presets.model_name(config)} has no torchvision counterpart; convertible are the '
+        f'{model_name(config)} has no torchvision counterpart; convertible are the '
         'post-activation ImageNet presets: resnet18/34/50/101/152, wide_resnet50_2/101_2')
   return config
 
 
 def abstract_variables(config, num_classes: int) -> dict[str, Any]:
   """Shapes and dtypes of the model's variables, without computing anything."""
-  model = presets.build_model(config, num_classes)
+  model = build_model(config, num_classes)
   images = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
   return jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), images)
 
@@ -259,7 +256,7 @@ def convert_state_dict(state_dict: Mapping[str, Any], arch,
   num_classes = infer_num_classes(state_dict) if num_classes is None else num_classes
   arrays = {name: to_numpy(value) for name, value in state_dict.items()}
   table = conversion_table(config, num_classes)
-  _check_fit(arrays, table, presets.model_name(config))
+  _check_fit(arrays, table, model_name(config))
   variables: dict[str, Any] = {'params': {}, 'batch_stats': {}}
   for entry in table:
     array = _from_torch_layout(entry, arrays[entry.torch_name]).astype(np.float32)
@@ -276,7 +273,7 @@ def from_torch(state_dict: Mapping[str, Any], arch='resnet50', num_classes: int 
   defaults to the rows of fc.weight.
   """
   config, num_classes, variables = convert_state_dict(state_dict, arch, num_classes)
-  model = presets.build_model(config, num_classes, half_precision=half_precision)
+  model = build_model(config, num_classes, half_precision=half_precision)
   return model, jax.tree.map(jnp.asarray, variables)
 
 
@@ -348,7 +345,7 @@ def save_converted(out_dir, config, num_classes: int, variables, *, source: str 
   variables = {key: variables[key] for key in ('params', 'batch_stats')}
   with ocp.StandardCheckpointer() as checkpointer:
     checkpointer.save(out_dir / VARIABLES_DIR, variables)
-  metadata = dict(format=FORMAT, arch=presets.model_name(config), num_classes=num_classes,
+  metadata = dict(format=FORMAT, arch=model_name(config), num_classes=num_classes,
                   model=config.to_dict(), source=source)
   (out_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + '\n')
 
@@ -357,7 +354,7 @@ def load_converted(directory) -> tuple[ml_collections.ConfigDict, int, dict[str,
   """(model config, num_classes, {'params', 'batch_stats'}) of a converted checkpoint.
 
   The variables are host numpy float32 arrays, so the caller shards them as it likes;
-  `presets.build_model(config, num_classes)` is the model they belong to.
+  `build_model(config, num_classes)` is the model they belong to.
   """
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
   directory = pathlib.Path(directory).absolute()
@@ -402,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     state_dict = read_state_dict(args.weights)
     config, num_classes, variables = convert_state_dict(state_dict, args.arch,
                                                         args.num_classes)
-  except (ConversionError, presets.ConfigError, FileNotFoundError, ImportError) as error:
+  except (ConversionError, ConfigError, FileNotFoundError, ImportError) as error:
     print(f'error: {error}', file=sys.stderr)
     return 1
   try:
@@ -414,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     return 1
   count = sum(1 for _ in _leaves(variables))
   dropped = sum(1 for name in strip_wrappers(state_dict) if name.endswith(DROPPED_SUFFIX))
-  print(f'converted {count} tensors of {presets.model_name(config)} ({num_classes} classes; '
+  print(f'converted {count} tensors of {model_name(config)} ({num_classes} classes; '
         f'{dropped} num_batches_tracked counters dropped) to {out_dir}')
   return 0
 

@@ -35,6 +35,8 @@ import sys
 import time
 from pathlib import Path
 
+from resnet_jax.errors import CpuSettingsError
+
 ENV = 'RESNET_JAX_CPU_SETTINGS'
 SETTINGS_FILE_PREFIX = 'xla_cpu_settings'
 
@@ -66,10 +68,6 @@ def compiler_options(options: dict[str, str]) -> dict[str, str]:
   names in full (LIBRARY_FUSION_TYPE_REDUCE) where XLA_FLAGS takes 'reduce'."""
   return {name: ','.join(f'LIBRARY_FUSION_TYPE_{item.upper()}' for item in value.split(',') if item)
           for name, value in options.items()}
-
-
-class CpuSettingsError(ValueError):
-  """A bad RESNET_JAX_CPU_SETTINGS value; one line naming the allowed ones."""
 
 
 # ----------------------------------------------------------------------------- processor
@@ -265,12 +263,13 @@ def time_candidates(rounds: int = ROUNDS) -> dict:
   """{'img_per_s': {candidate: {workload: img/s}}, 'loadavg': ...}, median over rounds."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from resnet_jax import bench, config as config_lib, parallel, presets  # pylint: disable=g-import-not-at-top
+  from resnet_jax import bench, parallel, schema  # pylint: disable=g-import-not-at-top
+  from resnet_jax.model import preset  # pylint: disable=g-import-not-at-top
   mesh = parallel.data_mesh(jax.devices()[:1])
   results: dict[str, dict[str, float]] = {name: {} for name in CANDIDATES}
-  for workload, (preset, batch_size) in WORKLOADS.items():
-    config = config_lib.default_config()
-    config.model = presets.preset(preset)
+  for workload, (preset_name, batch_size) in WORKLOADS.items():
+    config = schema.default_config()
+    config.model = preset(preset_name)
     config.batch_size = batch_size
     _, step, state = bench.build_step(config, mesh, 10)
     batch = bench.synthetic_batch(config, mesh, 10)

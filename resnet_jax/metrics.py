@@ -11,7 +11,7 @@
 
 The config record: ``config.json`` is written once, by the start that creates the run,
 and never overwritten; a resumed start that changes one of the keys a resume may change
-(config.RESUMABLE_KEYS) appends the change to ``config_changes.jsonl``.
+(schema.RESUMABLE_KEYS) appends the change to ``config_changes.jsonl``.
 ``read_config_record`` applies those changes to config.json: the config that produced the
 run's results. A resumed start also logs ``resumed_from_step``; ``read_metrics`` drops
 the records of the steps it trains again, so best-so-far values come from the trajectory
@@ -29,6 +29,7 @@ import collections
 import json
 import math
 import os
+import pathlib
 import sys
 import time
 import uuid
@@ -40,6 +41,7 @@ import numpy as np
 METRICS_FILE = 'metrics.jsonl'
 CONFIG_FILE = 'config.json'
 CONFIG_CHANGES_FILE = 'config_changes.jsonl'
+RESULTS_FILE = 'results.json'  # what a finished run measured (train.final_results)
 RESUMED_KEY = 'resumed_from_step'
 TENSORBOARD_DIR = 'tensorboard'
 TENSORBOARD_FLUSH_SECS = 5
@@ -164,6 +166,14 @@ def _open_for_append(path: str) -> TextIO:
   if torn:
     file.write('\n')
   return file
+
+
+def write_json(path: os.PathLike | str, value: Any) -> None:
+  """`value` as indented JSON, written atomically: readers see the whole file or none."""
+  path = pathlib.Path(path)
+  tmp = path.with_suffix('.tmp')
+  tmp.write_text(json.dumps(value, indent=2) + '\n')
+  tmp.replace(path)
 
 
 def config_as_json(config: Any) -> dict[str, Any]:

@@ -14,6 +14,8 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from resnet_jax.errors import ConfigError
+
 DATA_AXIS = 'data'
 
 
@@ -69,7 +71,6 @@ def put_process_batch(local_values, mesh):
 
 
 def check_divisible(global_batch: int, what: str, mesh) -> None:
-  from resnet_jax.presets import ConfigError
   if global_batch % mesh.size:
     raise ConfigError(f'{what}={global_batch} is not divisible by the {mesh.size} devices; '
                       f'use a multiple of {mesh.size}')

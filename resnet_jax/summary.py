@@ -21,7 +21,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from resnet_jax import datasets, presets
+from resnet_jax import data
+from resnet_jax.model import build_model, model_name, unrolled
 
 
 def _count(tree) -> int:
@@ -37,9 +38,9 @@ def _stage_of(param_name: str) -> str:
 
 def summarize(config) -> dict:
   """Returns {'model', 'params', 'flops_per_example', 'stages': [(name, shape, params)]}."""
-  num_classes = datasets.num_classes(config.dataset)
-  model = presets.build_model(presets.unrolled(config.model), num_classes,
-                              half_precision=config.half_precision)
+  num_classes = data.num_classes(config.dataset)
+  model = build_model(unrolled(config.model), num_classes,
+                      half_precision=config.half_precision)
   size = config.dataset.image_size
   image = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
   variables = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), image)
@@ -63,7 +64,7 @@ def summarize(config) -> dict:
           if isinstance(value, tuple)}  # the stage outputs the model sows (not captured layers)
   stages = [(name, tuple(sown[name].shape[1:]), params_per_stage.get(name, 0))
             for name in sorted(sown, key=order)]
-  return dict(model=presets.model_name(config.model), params=_count(variables['params']),
+  return dict(model=model_name(config.model), params=_count(variables['params']),
               flops_per_example=int(cost['flops']),
               macs_per_example=_multiply_adds(variables['params'], state['intermediates']),
               stages=stages)

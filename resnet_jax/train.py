@@ -6,7 +6,7 @@ evaluation, metrics, checkpoints, resume and preemption handling.
 
 What makes a run's record trustworthy: one process per workdir (`checkpoint.WorkdirLock`);
 a resume refuses a config that differs from the run's record outside
-`config.RESUMABLE_KEYS`, before it writes anything; a state is saved only when
+`schema.RESUMABLE_KEYS`, before it writes anything; a state is saved only when
 everything measured since the previous save is finite (`DivergenceGuard`); SIGTERM and
 a first Ctrl-C save and exit, also in the middle of an evaluation.
 """
@@ -14,6 +14,7 @@ a first Ctrl-C save and exit, also in the middle of an evaluation.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -33,19 +34,14 @@ from absl import logging
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
-from resnet_jax import augment, checkpoint, datasets, input_pipeline, metrics, optim, parallel
-from resnet_jax import config as config_lib
-from resnet_jax import models, presets
+from resnet_jax import checkpoint, data, metrics, optim, parallel
+from resnet_jax import schema
+from resnet_jax.data import augment
+from resnet_jax.data.pipeline import local_batch
+from resnet_jax.errors import ConfigChanged, ConfigError, TrainingDiverged, WorkdirError
+from resnet_jax.metrics import RESULTS_FILE
+from resnet_jax.model import architecture, build_model, model_name, stack_repeated_blocks, unrolled
 from resnet_jax.parallel import DATA_AXIS
-from resnet_jax.presets import ConfigError
-
-
-class TrainingDiverged(checkpoint.RunError):
-  """A measured value became NaN or Inf; the last good checkpoint is left untouched."""
-
-
-class ConfigChanged(checkpoint.RunError):
-  """A resume whose config differs from the run's record in a key that may not change."""
 
 
 @flax.struct.dataclass
@@ -72,7 +68,7 @@ def device_images(images, keys, config, mean, std, dtype):
   zero in the normalised space, the mean colour (fb.resnet.torch datasets/cifar10.lua:
   ColorNormalize before RandomCrop; He et al.'s mean-subtracted Caffe inputs); 'black'
   pads the uint8 pixels first, as torchvision's RandomCrop on images does. float32 images
-  arrive normalised already (a pixel_mean or zca normalisation; input_pipeline.local_batch).
+  arrive normalised already (a pixel_mean or zca normalisation; pipeline.local_batch).
   """
   crop = keys is not None and (config.augment.crop_padding or config.augment.flip)
   black = config.augment.pad_mode == 'black'
@@ -118,7 +114,7 @@ def make_local_train_step(model, tx, multiplier, config, mean, std, num_classes:
   dtype = model.dtype
 
   def local_step(state: TrainState, arrays, batch):
-    images, labels = input_pipeline.local_batch(arrays, batch)
+    images, labels = local_batch(arrays, batch)
     local_size = labels.shape[0]
     step_key = jax.random.fold_in(state.rng, state.step)
     augment_key, dropout_key = jax.random.split(step_key)
@@ -168,7 +164,7 @@ def make_eval_step(model, config, mesh, mean, std, num_classes: int):
   dtype = model.dtype
 
   def local_eval(state: TrainState, arrays, batch):
-    images, labels = input_pipeline.local_batch(arrays, batch)
+    images, labels = local_batch(arrays, batch)
     crops = images.shape[1] if images.ndim == 5 else 1  # ten-crop: [N, 10, H, W, C]
     inputs = device_images(images.reshape((-1,) + images.shape[-3:]), None, config, mean,
                            std, dtype)
@@ -237,6 +233,56 @@ def best_checkpoint_metric(config) -> str:
   return 'val/accuracy' if config.dataset.validation_examples else 'eval/accuracy'
 
 
+# ----------------------------------------------------------------------------- set-up
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+  """A run's length and cadence in steps: when it logs, evaluates and saves."""
+  steps_per_epoch: int
+  total_steps: int
+  eval_every: int
+  log_every: int
+  checkpoint_every: int
+
+  @classmethod
+  def of(cls, config, num_train: int) -> Schedule:
+    """From the config and the training examples; num_train_steps > 0 wins over epochs."""
+    steps_per_epoch = num_train // config.batch_size
+    if steps_per_epoch < 1:
+      raise ConfigError(f'batch_size={config.batch_size} exceeds the {num_train} '
+                        'training examples; lower batch_size')
+    total_steps = config.num_train_steps if config.num_train_steps > 0 else \
+        int(config.num_epochs * steps_per_epoch)
+    return cls(steps_per_epoch, total_steps,
+               eval_every=max(1, int(round(config.eval_every_epochs * steps_per_epoch))),
+               log_every=config.log_every_steps, checkpoint_every=config.checkpoint_every_steps)
+
+
+def input_size(config) -> int:
+  """The side of the network's input: augment.resize_to if set, else dataset.image_size."""
+  return config.augment.get('resize_to', 0) or config.dataset.image_size
+
+
+def make_model(config, num_classes: int):
+  """The config's network; BN statistics over the global batch unless sync_batch_stats=False."""
+  return build_model(config.model, num_classes, half_precision=config.half_precision,
+                     bn_axis_name=DATA_AXIS if config.sync_batch_stats else None)
+
+
+def make_optimizer(config, schedule: Schedule, trainable_mask=None):
+  """(optax transformation, the lr multiplier of each step) of the config's recipe."""
+  tx = optim.create_optimizer(config, schedule.steps_per_epoch, schedule.total_steps,
+                              trainable_mask=trainable_mask)
+  return tx, optim.lr_multiplier(config, schedule.steps_per_epoch, schedule.total_steps)
+
+
+def open_checkpointer(config, workdir: Path) -> checkpoint.Checkpointer:
+  """The run's checkpoints: the latest keep_checkpoints, the best and the last good one."""
+  return checkpoint.Checkpointer(workdir / 'checkpoints', max_to_keep=config.keep_checkpoints,
+                                 best_metric=best_checkpoint_metric(config), best_mode='max')
+
+
 # ----------------------------------------------------------------------------- state
 
 
@@ -276,13 +322,13 @@ def load_pretrained(state: TrainState, config, mesh) -> TrainState:
   run fine-tuned on CIFAR-100).
   """
   source_model, variables = pretrained_variables(config.init_from)
-  same = lambda model_config: presets.architecture(presets.unrolled(model_config))
+  same = lambda model_config: architecture(unrolled(model_config))
   if same(source_model) != same(config.model):
-    raise ConfigError(f'init_from holds a {presets.model_name(source_model)} but the config '
-                      f'builds a {presets.model_name(config.model)}; set config.model to match')
+    raise ConfigError(f'init_from holds a {model_name(source_model)} but the config '
+                      f'builds a {model_name(config.model)}; set config.model to match')
   source_scanned = source_model.get('scan_blocks', False)
   if config.model.scan_blocks and not source_scanned:
-    variables = {name: models.stack_repeated_blocks(collection)
+    variables = {name: stack_repeated_blocks(collection)
                  for name, collection in variables.items()}
   elif source_scanned and not config.model.scan_blocks:
     raise ConfigError('init_from holds a model trained with scan_blocks=True; set '
@@ -461,29 +507,7 @@ class DivergenceGuard:
         'warmup_epochs or set grad_clip_norm.')
 
 
-def _make_pipeline(config, mesh):
-  if config.dataset.name == 'imagenet2012':
-    num_classes = datasets.num_classes(config.dataset)
-    split_sizes = datasets.imagenet_split_sizes(config.dataset)
-    pipeline = input_pipeline.StreamingInput(
-        config.dataset, mesh, config.seed, config.batch_size, eval_batch(config, mesh),
-        num_train=split_sizes['train'], num_test=split_sizes['validation'],
-        augment_config=config.augment)
-    return pipeline, num_classes, datasets.IMAGENET_MEAN, datasets.IMAGENET_STD
-  dataset = datasets.load_in_memory(config.dataset, seed=config.seed)
-  pipeline = input_pipeline.InMemoryInput(dataset, mesh, config.seed, config.batch_size,
-                                          eval_batch(config, mesh))
-  if config.dataset.normalization == 'imagenet':  # what torchvision's pretrained weights expect
-    return pipeline, dataset.num_classes, datasets.IMAGENET_MEAN, datasets.IMAGENET_STD
-  return pipeline, dataset.num_classes, dataset.mean, dataset.std
-
-
-def eval_batch(config, mesh) -> int:
-  """The eval batch, rounded up to a multiple of the device count (padding is masked)."""
-  return -(-config.eval_batch_size // mesh.size) * mesh.size
-
-
-def _mean_metrics(pending: list[dict]) -> dict[str, float]:
+def mean_metrics(pending: list[dict]) -> dict[str, float]:
   fetched = jax.device_get(pending)
   return {key: float(np.mean([m[key] for m in fetched])) for key in fetched[0]}
 
@@ -499,11 +523,11 @@ def _prepare_workdir(workdir) -> Path:
   """The workdir, created; a file or an unwritable path is a one-line WorkdirError."""
   workdir = Path(workdir)
   if workdir.exists() and not workdir.is_dir():
-    raise checkpoint.WorkdirError(f'--workdir {workdir} is a file; give a folder')
+    raise WorkdirError(f'--workdir {workdir} is a file; give a folder')
   try:
     workdir.mkdir(parents=True, exist_ok=True)
   except OSError as error:
-    raise checkpoint.WorkdirError(f'cannot create --workdir {workdir} ({error.strerror}); give '
+    raise WorkdirError(f'cannot create --workdir {workdir} ({error.strerror}); give '
                                   'a writable folder') from None
   return workdir
 
@@ -511,11 +535,11 @@ def _prepare_workdir(workdir) -> Path:
 def _has_outputs(workdir: Path) -> bool:
   """Whether a start trained anything here: checkpoints, metrics or results."""
   checkpoints = workdir / 'checkpoints'
-  return ((workdir / metrics.METRICS_FILE).exists() or (workdir / 'results.json').exists() or
+  return ((workdir / metrics.METRICS_FILE).exists() or (workdir / RESULTS_FILE).exists() or
           (checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir())))
 
 
-def _check_config_record(config, workdir: Path) -> dict | None:
+def check_config_record(config, workdir: Path) -> dict | None:
   """The changes of resumable keys a resume makes; None for a run that starts here.
 
   Raises ConfigChanged, before anything is written, if the config differs from the run's
@@ -526,21 +550,20 @@ def _check_config_record(config, workdir: Path) -> dict | None:
   recorded = metrics.read_config_record(workdir)
   if recorded is None or not _has_outputs(workdir):
     return None
-  changed = config_lib.differences(recorded, config)
+  changed = schema.differences(recorded, config)
   refused = {key: change for key, change in changed.items()
-             if key not in config_lib.RESUMABLE_KEYS}
+             if key not in schema.RESUMABLE_KEYS}
   if refused:
-    from resnet_jax import sweep
-    fresh = f'{workdir}_{sweep.point_name({key: new for key, (_, new) in refused.items()})}'
+    fresh = f'{workdir}_{schema.point_name({key: new for key, (_, new) in refused.items()})}'
     raise ConfigChanged(
-        f'{workdir} holds a run of another config: {config_lib.describe_differences(refused)}; '
+        f'{workdir} holds a run of another config: {schema.describe_differences(refused)}; '
         'a resume may change only the run length, learning_rate, weight_decay, momentum and '
         f'the logging, eval and checkpoint cadence; use a fresh workdir (--workdir={fresh}) or '
         'drop these changes to resume')
   return changed
 
 
-def _start_record(writer: metrics.MetricWriter, workdir: Path, config, step: int,
+def start_record(writer: metrics.MetricWriter, workdir: Path, config, step: int,
                   changes: dict | None, resumed: bool) -> None:
   """config.json for a run that starts here; otherwise the resume's changes and step."""
   if changes is None:  # a record left by a start that trained nothing is replaced
@@ -586,7 +609,7 @@ def _one_line_failure(error: Exception, workdir: Path) -> Exception | None:
   resume = (f'a rerun resumes from checkpoint step {newest}' if newest is not None
             else 'no checkpoint was written')
   if (written := checkpoint.disk_full(error)) is not None:
-    return checkpoint.WorkdirError(
+    return WorkdirError(
         f'no space left on device writing {written or workdir}; free space and rerun the same '
         f'command: {resume}, the newest complete one')
   if _out_of_memory(error):
@@ -595,6 +618,55 @@ def _one_line_failure(error: Exception, workdir: Path) -> Exception | None:
            f'or a fresh workdir ({resume})')
     return ConfigError(f'out of device memory ({str(error).splitlines()[0][:160]}); {fix}')
   return None
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def run_loop(trainee, schedule: Schedule, step: int, preemption: PreemptionFlag,
+             clock: TrainClock) -> tuple[int, bool]:
+  """Trains from `step` to `schedule.total_steps`, logging, evaluating and saving on the
+  schedule; returns (the step reached, whether SIGTERM or Ctrl-C stopped it after a save).
+
+  `trainee` is one run (train_and_evaluate) or a stack of runs trained as one vmapped
+  program (sweeps/vmapped.py); it keeps its state and records and provides
+  `active() -> bool` (False once nothing is left to train), `train_step(step) -> metrics`
+  (dispatched, still on the device), `log(step, pending, img_per_s)` and `check(step,
+  pending)` (the metrics since the last log: recorded, or only checked before a save;
+  each raises, or stops what diverged), `evaluate(step, should_stop) -> evaluation or None`
+  (None: a signal abandoned it) and `save(step, evaluation or None, force)`.
+
+  A state is saved only after everything measured since the previous save was checked
+  (DivergenceGuard). The host runs at most one step ahead of the device, and an
+  evaluation stops after the batch in flight, so a signal is acted on within two steps
+  or one eval batch.
+  """
+  pending: list[dict] = []
+  stopping = False
+  while step < schedule.total_steps and not stopping and trainee.active():
+    step_metrics = trainee.train_step(step)
+    _bound_in_flight(pending)
+    pending.append(step_metrics)
+    step += 1
+    clock.after_step(step, step_metrics)
+    is_last = step == schedule.total_steps
+    is_log = step % schedule.log_every == 0
+    stopping = preemption.agreed() if jax.process_count() == 1 or is_log else False
+    if is_log or is_last or stopping:
+      trainee.log(step, pending, clock.interval_img_per_s(step))
+      pending = []
+    is_eval = step % schedule.eval_every == 0 or is_last
+    is_checkpoint = step % schedule.checkpoint_every == 0
+    if pending and (is_eval or is_checkpoint):
+      trainee.check(step, pending)  # never save a diverged state
+    evaluated = None
+    if is_eval and not stopping:
+      with clock.paused(step):
+        evaluated = trainee.evaluate(step, preemption.agreed)
+      stopping = evaluated is None
+    if evaluated is not None or is_checkpoint or stopping:
+      trainee.save(step, evaluated, force=is_last or stopping)
+  return step, stopping
 
 
 # ----------------------------------------------------------------------------- the run
@@ -625,39 +697,28 @@ def train_and_evaluate(config, workdir) -> dict[str, Any]:
 
 def _train_and_evaluate(config, workdir: Path, preemption: PreemptionFlag) -> dict[str, Any]:
   is_main = jax.process_index() == 0
-  changes = _check_config_record(config, workdir)
+  changes = check_config_record(config, workdir)
   mesh = parallel.data_mesh()
   parallel.check_divisible(config.batch_size, 'batch_size', mesh)
 
-  pipeline, num_classes, mean, std = _make_pipeline(config, mesh)
-  steps_per_epoch = pipeline.num_train // config.batch_size
-  if steps_per_epoch < 1:
-    raise ConfigError(f'batch_size={config.batch_size} exceeds the {pipeline.num_train} '
-                      'training examples; lower batch_size')
-  total_steps = config.num_train_steps if config.num_train_steps > 0 else \
-      int(config.num_epochs * steps_per_epoch)
-  eval_every = max(1, int(round(config.eval_every_epochs * steps_per_epoch)))
+  pipeline = data.make_pipeline(config, mesh)
+  schedule = Schedule.of(config, pipeline.num_train)
+  model = make_model(config, pipeline.num_classes)
+  probe_mask = _head_only_mask(model, input_size(config)) \
+      if config.finetune_mode == 'linear_probe' else None
+  tx, multiplier = make_optimizer(config, schedule, trainable_mask=probe_mask)
+  state = create_train_state(model, tx, config, mesh, input_size(config))
 
-  model = presets.build_model(config.model, num_classes, half_precision=config.half_precision,
-                              bn_axis_name=DATA_AXIS if config.sync_batch_stats else None)
-  multiplier = optim.lr_multiplier(config, steps_per_epoch, total_steps)
-  model_size = config.augment.resize_to or config.dataset.image_size
-  probe_mask = _head_only_mask(model, model_size) if config.finetune_mode == 'linear_probe' \
-      else None
-  tx = optim.create_optimizer(config, steps_per_epoch, total_steps, trainable_mask=probe_mask)
-  state = create_train_state(model, tx, config, mesh, model_size)
-
-  ckpt = checkpoint.Checkpointer(workdir / 'checkpoints', max_to_keep=config.keep_checkpoints,
-                                 best_metric=best_checkpoint_metric(config), best_mode='max')
+  ckpt = open_checkpointer(config, workdir)
   try:
-    state, restored_step = _restore_or_initialise(ckpt, state, config, mesh, workdir,
-                                                  steps_per_epoch)
+    state, restored_step = restore_or_initialise(ckpt, state, config, mesh, workdir,
+                                                 schedule.steps_per_epoch)
     step = int(jax.device_get(state.step))
-    if step > total_steps:
+    if step > schedule.total_steps:
       raise ConfigChanged(f'{workdir} holds a run trained to step {step}, past this config\'s '
-                          f'{total_steps} steps; use a fresh workdir for a shorter run')
-    results_file = workdir / 'results.json'
-    if step == total_steps and results_file.exists():
+                          f'{schedule.total_steps} steps; use a fresh workdir for a shorter run')
+    results_file = workdir / RESULTS_FILE
+    if step == schedule.total_steps and results_file.exists():
       ckpt.close()
       if is_main:
         print(f'already complete at step {step}: {results_file}', flush=True)
@@ -666,15 +727,17 @@ def _train_and_evaluate(config, workdir: Path, preemption: PreemptionFlag) -> di
     other_changes = {key: change for key, change in (changes or {}).items()
                      if key not in in_state}  # _hyperparams_from_config names those
     if is_main and other_changes:
-      print('Resuming with ' + config_lib.describe_differences(other_changes), flush=True)
+      print('Resuming with ' + schema.describe_differences(other_changes), flush=True)
   except BaseException:
     ckpt.close()
     raise
 
   bn_and_dropout_train = config.finetune_mode == 'full'  # frozen BN: running statistics
   train_step = make_train_step(make_local_train_step(
-      model, tx, multiplier, config, mean, std, num_classes, bn_and_dropout_train), mesh)
-  eval_step = make_eval_step(model, config, mesh, mean, std, num_classes)
+      model, tx, multiplier, config, pipeline.mean, pipeline.std, pipeline.num_classes,
+      bn_and_dropout_train), mesh)
+  eval_step = make_eval_step(model, config, mesh, pipeline.mean, pipeline.std,
+                             pipeline.num_classes)
   try:
     _check_eval_fits(eval_step, state, pipeline, config)
   except BaseException:
@@ -688,79 +751,95 @@ def _train_and_evaluate(config, workdir: Path, preemption: PreemptionFlag) -> di
     return {'step': step, 'preempted': True, 'signal': preemption.requested}
 
   writer = metrics.MetricWriter(workdir, enabled=is_main)
-  _start_record(writer, workdir, config, step, changes, resumed=restored_step is not None)
-  progress = metrics.Progress(total_steps, config.batch_size, steps_per_epoch, enabled=is_main)
-  guard = DivergenceGuard(ckpt, last_saved=restored_step)
+  start_record(writer, workdir, config, step, changes, resumed=restored_step is not None)
+  progress = metrics.Progress(schedule.total_steps, config.batch_size, schedule.steps_per_epoch,
+                              enabled=is_main)
+  run = _Run(state, train_step, eval_step, pipeline, DivergenceGuard(ckpt, restored_step),
+             writer, progress, schedule)
   start_time = time.time()
   clock = TrainClock(config.batch_size)
-  pending: list[dict] = []
-  train_metrics: dict[str, float] = {}
-  eval_metrics: dict[str, float] = {}
   preemption.arm()
-  stopping = False
   try:
-    while step < total_steps and not stopping:
-      state, step_metrics = train_step(state, pipeline.train_arrays, pipeline.train_batch(step))
-      _bound_in_flight(pending)
-      pending.append(step_metrics)
-      step += 1
-      clock.after_step(step, state)
-      is_last = step == total_steps
-      stopping = preemption.agreed() if (jax.process_count() == 1 or
-                                         step % config.log_every_steps == 0) else False
-      if step % config.log_every_steps == 0 or is_last or stopping:
-        train_metrics = _mean_metrics(pending)
-        pending = []
-        guard.check(step, with_prefix('train/', train_metrics))
-        img_per_s = clock.interval_img_per_s(step)
-        writer.write(step, {**with_prefix('train/', train_metrics),
-                            'throughput/img_per_s': img_per_s, 'epoch': step / steps_per_epoch})
-        progress.update(step, loss=train_metrics['loss'], lr=train_metrics['lr'],
-                        img_per_s=img_per_s)
-      is_eval = step % eval_every == 0 or is_last
-      if pending and (is_eval or step % config.checkpoint_every_steps == 0):
-        # never save a diverged state
-        guard.check(step, with_prefix('train/', _mean_metrics(pending)))
-      evaluated = None
-      if is_eval and not stopping:
-        with clock.paused(step):
-          evaluated = evaluate(eval_step, state, pipeline, num_classes, preemption.agreed)
-        stopping = evaluated is None
-        if evaluated is not None:
-          guard.check(step, evaluated)
-          eval_metrics = evaluated
-          writer.write(step, {**eval_metrics, 'epoch': step / steps_per_epoch})
-      if evaluated is not None or step % config.checkpoint_every_steps == 0 or stopping:
-        guard.save(step, state, metrics=evaluated, force=is_last or stopping)
-      if stopping:
-        ckpt.wait()
-        if is_main:
-          print(f'{preemption.requested or "SIGTERM"}: saved checkpoint at step {step}; rerun '
-                'the same command to resume.', flush=True)
-        return {'step': step, 'preempted': True, 'signal': preemption.requested}
+    step, stopped = run_loop(run, schedule, step, preemption, clock)
+    if stopped:
+      ckpt.wait()
+      if is_main:
+        print(f'{preemption.requested or "SIGTERM"}: saved checkpoint at step {step}; rerun '
+              'the same command to resume.', flush=True)
+      return {'step': step, 'preempted': True, 'signal': preemption.requested}
   finally:
     progress.close()
     ckpt.close()
     writer.close()
 
-  if not eval_metrics:  # resumed from the final checkpoint, before results were written
-    eval_metrics = evaluate(eval_step, state, pipeline, num_classes)
+  if not run.eval_metrics:  # resumed from the final checkpoint, before results were written
+    run.eval_metrics = evaluate(eval_step, run.state, pipeline, pipeline.num_classes)
   if not is_main:
     return {'step': step}
-  results = final_results(config, step, eval_metrics, train_metrics, workdir,
+  results = final_results(config, step, run.eval_metrics, run.train_metrics, workdir,
                           time.time() - start_time, clock)
-  tmp = results_file.with_suffix('.tmp')
-  tmp.write_text(json.dumps(results, indent=2) + '\n')
-  tmp.replace(results_file)
-  print(f'done: {results["model"]} | step {step}/{total_steps} | test accuracy '
-        f'{results["test_accuracy"]:.2%} (best {results["best_test_accuracy"]:.2%}) | '
-        f'train loss {results["train_loss"]:.4f} | {metrics.format_duration(results["wall_s"])} '
-        f'| {results["img_per_s"]:,.0f} img/s (compile {results["compile_s"]:.1f} s) | '
-        f'{workdir}', flush=True)
+  metrics.write_json(results_file, results)
+  print(done_line(results, schedule.total_steps, workdir), flush=True)
   return results
 
 
-def _restore_or_initialise(ckpt, state, config, mesh, workdir: Path, steps_per_epoch: int):
+def done_line(results: dict[str, Any], total_steps: int, workdir) -> str:
+  """The last line of a finished run: model, step, final test (and validation) accuracy,
+  loss, time, speed, where. The best test accuracy over evaluations is selection on the
+  test set: it stays in results.json as best_test_accuracy and is not shown here."""
+  val = (f' | val accuracy {results["val_accuracy"]:.2%}' if 'val_accuracy' in results else '')
+  return (f'done: {results["model"]} | step {results["step"]}/{total_steps} | test accuracy '
+          f'{results["test_accuracy"]:.2%}{val} | train loss {results["train_loss"]:.4f} | '
+          f'{metrics.format_duration(results["wall_s"])} | {results["img_per_s"]:,.0f} img/s '
+          f'(compile {results["compile_s"]:.1f} s) | {workdir}')
+
+
+class _Run:
+  """One run, as `run_loop` drives it: its state, input, divergence guard and records."""
+
+  def __init__(self, state: TrainState, train_step, eval_step, pipeline, guard: DivergenceGuard,
+               writer: metrics.MetricWriter, progress: metrics.Progress, schedule: Schedule):
+    self.state = state
+    self._train_step, self._eval_step = train_step, eval_step
+    self.pipeline, self.guard, self.writer, self.progress = pipeline, guard, writer, progress
+    self.steps_per_epoch = schedule.steps_per_epoch
+    self.train_metrics: dict[str, float] = {}  # the last logged means
+    self.eval_metrics: dict[str, float] = {}  # the last evaluation
+
+  def active(self) -> bool:
+    return True
+
+  def train_step(self, step: int):
+    self.state, step_metrics = self._train_step(self.state, self.pipeline.train_arrays,
+                                                self.pipeline.train_batch(step))
+    return step_metrics
+
+  def log(self, step: int, pending: list[dict], img_per_s: float) -> None:
+    self.train_metrics = mean_metrics(pending)
+    self.guard.check(step, with_prefix('train/', self.train_metrics))
+    self.writer.write(step, {**with_prefix('train/', self.train_metrics),
+                             'throughput/img_per_s': img_per_s,
+                             'epoch': step / self.steps_per_epoch})
+    self.progress.update(step, loss=self.train_metrics['loss'], lr=self.train_metrics['lr'],
+                         img_per_s=img_per_s)
+
+  def check(self, step: int, pending: list[dict]) -> None:
+    self.guard.check(step, with_prefix('train/', mean_metrics(pending)))
+
+  def evaluate(self, step: int, should_stop) -> dict[str, float] | None:
+    evaluated = evaluate(self._eval_step, self.state, self.pipeline, self.pipeline.num_classes,
+                         should_stop)
+    if evaluated is not None:
+      self.guard.check(step, evaluated)
+      self.eval_metrics = evaluated
+      self.writer.write(step, {**evaluated, 'epoch': step / self.steps_per_epoch})
+    return evaluated
+
+  def save(self, step: int, evaluated: dict[str, float] | None, force: bool) -> None:
+    self.guard.save(step, self.state, metrics=evaluated, force=force)
+
+
+def restore_or_initialise(ckpt, state, config, mesh, workdir: Path, steps_per_epoch: int):
   """(state, restored step): the newest good checkpoint, else `init_from`, else `state`."""
   is_main = jax.process_index() == 0
   restored = ckpt.restore_latest(abstract_state(state, mesh))
@@ -803,9 +882,9 @@ class TrainClock:
     self._start = time.time()
     self._interval_start, self._interval_step = self._start, None
 
-  def after_step(self, step: int, state) -> None:
+  def after_step(self, step: int, outputs) -> None:
     if self._interval_step is None:  # the segment's first step: compile + one step
-      jax.block_until_ready(state)
+      jax.block_until_ready(outputs)
       now = time.time()
       self.compile_s = now - self._start
       self._interval_start, self._interval_step = now, step
@@ -847,7 +926,7 @@ def final_results(config, step, eval_metrics, train_metrics, workdir, wall_s,
     train_metrics = {k.removeprefix('train/'): v for k, v in last.items()
                      if k.startswith('train/') and v is not None}
   return {
-      'model': presets.model_name(config.model),
+      'model': model_name(config.model),
       'step': step,
       'test_accuracy': accuracy,
       'test_error': 1.0 - accuracy,

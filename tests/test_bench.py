@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from resnet_jax import bench, config as config_lib, presets
+from resnet_jax import bench, errors, schema
+from resnet_jax.model import presets
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUIRED_KEYS = {'img_per_s', 'step_time_s', 'compile_s', 'peak_memory_bytes', 'flops_per_step',
@@ -58,7 +59,7 @@ def test_bench_flops_count_a_scanned_net_unrolled(tmp_path):
 
 
 def test_number_of_classes_comes_from_the_dataset_name_without_loading_it():
-  config = config_lib.default_config()
+  config = schema.default_config()
   for name, classes in (('cifar10', 10), ('cifar100', 100), ('svhn_cropped', 10),
                         ('imagenet2012', 1000)):
     config.dataset.name = name
@@ -78,7 +79,7 @@ def test_published_peaks_pick_the_compute_dtype():
 
 
 def test_a_bad_step_count_is_a_config_error():
-  config = config_lib.default_config()
+  config = schema.default_config()
   config.bench_steps = 0
-  with pytest.raises(presets.ConfigError, match='bench_steps'):
+  with pytest.raises(errors.ConfigError, match='bench_steps'):
     bench.measure(config)

@@ -32,8 +32,8 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # When run as a worker script.
   sys.path.insert(0, str(REPO_ROOT))
 
-from resnet_jax.checkpoint import (  # pylint: disable=g-import-not-at-top
-    Checkpointer, WorkdirError, WorkdirInUse, WorkdirLock)
+from resnet_jax.checkpoint import Checkpointer, WorkdirLock  # pylint: disable=g-import-not-at-top
+from resnet_jax.errors import WorkdirError, WorkdirInUse  # pylint: disable=g-import-not-at-top
 
 LOGGER = 'resnet_jax.checkpoint'
 WIDTH = 4096

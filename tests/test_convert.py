@@ -28,7 +28,8 @@ import jax
 import numpy as np
 import pytest
 
-from resnet_jax import convert, models, presets
+from resnet_jax import convert, errors
+from resnet_jax.model import presets, resnet
 
 TOLERANCE = 1e-4  # max abs logit difference, float32
 
@@ -134,21 +135,21 @@ def test_checkpoint_wrappers_are_unwrapped(resnet18_state_dict, wrap):
 def test_missing_tensor_is_named_with_its_shape(resnet18_state_dict):
   state_dict = dict(resnet18_state_dict)
   del state_dict['layer3.1.bn2.running_var']
-  with pytest.raises(convert.ConversionError,
+  with pytest.raises(errors.ConversionError,
                      match=r'1 missing: layer3\.1\.bn2\.running_var \(expected shape \(256,\)\)$'):
     convert.from_torch(state_dict, arch='resnet18')
 
 
 def test_extra_tensor_is_named(resnet18_state_dict):
   state_dict = dict(resnet18_state_dict, **{'layer1.0.se.fc1.weight': np.zeros((4, 64, 1, 1))})
-  with pytest.raises(convert.ConversionError, match=r'1 unmapped: layer1\.0\.se\.fc1\.weight \(shape \(4, 64, 1, 1\)\)$'):
+  with pytest.raises(errors.ConversionError, match=r'1 unmapped: layer1\.0\.se\.fc1\.weight \(shape \(4, 64, 1, 1\)\)$'):
     convert.from_torch(state_dict, arch='resnet18')
 
 
 def test_misshapen_tensor_is_named_with_both_shapes(resnet18_state_dict):
   state_dict = dict(resnet18_state_dict)
   state_dict['layer2.0.conv1.weight'] = np.zeros((128, 64, 1, 1), np.float32)
-  with pytest.raises(convert.ConversionError,
+  with pytest.raises(errors.ConversionError,
                      match=r'1 misshapen: layer2\.0\.conv1\.weight \(shape \(128, 64, 1, 1\), '
                            r'expected \(128, 64, 3, 3\)\)'):
     convert.from_torch(state_dict, arch='resnet18')
@@ -163,7 +164,7 @@ def test_only_num_batches_tracked_is_dropped(resnet18_state_dict):
 
 
 def test_wrong_architecture_lists_missing_and_misshapen_tensors(resnet18_state_dict):
-  with pytest.raises(convert.ConversionError) as error:
+  with pytest.raises(errors.ConversionError) as error:
     convert.from_torch(resnet18_state_dict, arch='resnet50')
   message = str(error.value)
   assert '\n' not in message
@@ -177,7 +178,7 @@ def test_wrong_architecture_lists_missing_and_misshapen_tensors(resnet18_state_d
 
 def test_num_classes_must_match_the_head(resnet18_state_dict):
   assert convert.from_torch(resnet18_state_dict, arch='resnet18')[0].num_classes == 10
-  with pytest.raises(convert.ConversionError,
+  with pytest.raises(errors.ConversionError,
                      match=r'2 misshapen: fc\.bias \(shape \(10,\), expected \(1000,\)\), '
                            r'fc\.weight \(shape \(10, 512\), expected \(1000, 512\)\)$'):
     convert.from_torch(resnet18_state_dict, arch='resnet18', num_classes=1000)
@@ -186,7 +187,7 @@ def test_num_classes_must_match_the_head(resnet18_state_dict):
 def test_headless_state_dict_needs_fc(resnet18_state_dict):
   headless = {name: value for name, value in resnet18_state_dict.items()
               if not name.startswith('fc.')}
-  with pytest.raises(convert.ConversionError, match=r'missing fc\.weight'):
+  with pytest.raises(errors.ConversionError, match=r'missing fc\.weight'):
     convert.from_torch(headless, arch='resnet18')
 
 
@@ -198,7 +199,7 @@ def test_headless_state_dict_needs_fc(resnet18_state_dict):
     dict(family='imagenet', depth=50, preact=True),
 ], ids=str)
 def test_architectures_without_torchvision_counterpart_are_refused(arch):
-  with pytest.raises(convert.ConversionError, match='no torchvision counterpart'):
+  with pytest.raises(errors.ConversionError, match='no torchvision counterpart'):
     convert.model_config(arch)
 
 
@@ -265,7 +266,7 @@ def test_a_damaged_converted_checkpoint_given_to_init_from_is_one_line(tmp_path,
   for path in (tmp_path / 'weights' / convert.VARIABLES_DIR).rglob('*'):
     if path.is_file() and path.stat().st_size > 1000:
       path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # an interrupted copy
-  with pytest.raises(presets.ConfigError) as error:
+  with pytest.raises(errors.ConfigError) as error:
     train.pretrained_variables(str(tmp_path / 'weights'))
   message = str(error.value)
   assert message.startswith(f"init_from='{tmp_path / 'weights'}' cannot be read (")
@@ -377,7 +378,7 @@ def test_logits_match_torchvision(converted_torchvision_net, arch, sizes):
 def test_xla_same_padding_would_not_match(converted_torchvision_net, monkeypatch):
   """The trap the equivalence test guards: 'SAME' convolutions drift from torch on even sizes."""
   net, model, variables = converted_torchvision_net('resnet18')
-  monkeypatch.setattr(models, '_symmetric_padding', lambda kernel_size: 'SAME')
+  monkeypatch.setattr(resnet, '_symmetric_padding', lambda kernel_size: 'SAME')
   images_nchw = np.random.default_rng(6).standard_normal((2, 3, 64, 64)).astype(np.float32)
   same_padded = np.asarray(model.apply(variables, images_nchw.transpose(0, 2, 3, 1), train=False))
   assert np.abs(same_padded - torch_logits(net, images_nchw)).max() > 100 * TOLERANCE

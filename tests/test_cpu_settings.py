@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from resnet_jax import cpu_settings
+from resnet_jax import cpu_settings, errors
 
 ROOT = Path(__file__).resolve().parents[1]
 YNN = '--xla_cpu_experimental_ynn_fusion_type'
@@ -81,7 +81,7 @@ def test_the_defaults_stay_unless_another_candidate_is_clearly_faster():
 
 
 def test_a_bad_setting_is_one_line_naming_the_allowed_values():
-  with pytest.raises(cpu_settings.CpuSettingsError, match='allowed: auto, off, remeasure'):
+  with pytest.raises(errors.CpuSettingsError, match='allowed: auto, off, remeasure'):
     cpu_settings.apply({'RESNET_JAX_CPU_SETTINGS': 'fastest'})
 
 

@@ -4,7 +4,8 @@ import jax
 import numpy as np
 import pytest
 
-from resnet_jax import convert, models, presets, train
+from resnet_jax import convert, errors, train
+from resnet_jax.model import presets, resnet
 from test_train import tiny_config
 
 
@@ -55,8 +56,8 @@ def test_a_scanned_model_starts_from_unrolled_weights_stacked(tmp_path, pretrain
   directory, source = pretrained
   params, stats = finetune(tmp_path, directory, 'linear_probe', scan_blocks=True)
   assert 'stage2_blocks' in params
-  assert not changed(backbone(params), backbone(models.stack_repeated_blocks(source['params'])))
-  assert not changed(stats, models.stack_repeated_blocks(source['batch_stats']))
+  assert not changed(backbone(params), backbone(resnet.stack_repeated_blocks(source['params'])))
+  assert not changed(stats, resnet.stack_repeated_blocks(source['batch_stats']))
 
 
 def test_frozen_bn_trains_the_weights_but_keeps_the_running_statistics(tmp_path, pretrained):
@@ -76,5 +77,5 @@ def test_full_fine_tuning_updates_weights_and_statistics(tmp_path, pretrained):
 def test_weights_of_another_architecture_are_refused_with_a_clear_error(tmp_path, pretrained):
   directory, _ = pretrained
   config = tiny_config(init_from=str(directory))  # a ResNet-8, not the ResNet-18 saved
-  with pytest.raises(presets.ConfigError, match='init_from holds a resnet18'):
+  with pytest.raises(errors.ConfigError, match='init_from holds a resnet18'):
     train.train_and_evaluate(config, tmp_path)

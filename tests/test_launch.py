@@ -42,8 +42,8 @@ def test_the_default_workdir_tells_runs_with_different_overrides_apart():
 
 def test_num_epochs_replaces_a_recipes_step_count_and_keeps_its_lr_drops_in_proportion():
   """He et al.: 64,000 steps, lr /10 at 32,000 and 48,000. Two epochs: drops at 1 and 1.5."""
-  from resnet_jax import sweep
-  config = sweep.load_module(ROOT / 'configs' / 'resnet_cifar.py').get_config()
+  from resnet_jax.sweeps import spec
+  config = spec.load_module(ROOT / 'configs' / 'resnet_cifar.py').get_config()
   config.num_epochs = 2
   line = launch._honour_num_epochs(config, {'num_epochs': 2})
   assert line == ("num_epochs=2 replaces the config's num_train_steps=64000; its lr boundaries "

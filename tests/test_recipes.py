@@ -105,8 +105,8 @@ def test_momentum_resets_follow_the_configured_drops_through_the_whole_optimiser
 def test_crop_padding_is_the_mean_colour_as_the_authors_pad_or_black_when_asked(pad_mode):
   """fb.resnet.torch normalises, then zero-pads (He et al.'s mean-subtracted inputs alike):
   the border is the mean colour, 0 after normalisation; 'black' pads the pixels first."""
-  from resnet_jax import config as config_lib, train
-  config = config_lib.default_config()
+  from resnet_jax import schema, train
+  config = schema.default_config()
   config.augment.flip = False
   config.augment.pad_mode = pad_mode
   mean, std = (0.5, 0.4, 0.3), (0.2, 0.2, 0.2)

@@ -7,13 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from resnet_jax import config as config_lib, presets, summary
+from resnet_jax import schema, summary
+from resnet_jax.model import presets
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def summarize(preset, dataset='cifar10', image_size=32):
-  config = config_lib.default_config()
+  config = schema.default_config()
   config.model = presets.preset(preset)
   config.dataset.name, config.dataset.image_size = dataset, image_size
   return summary.summarize(config)
@@ -37,7 +38,7 @@ def test_multiply_adds_match_the_published_counts(preset, dataset, size, giga_ma
 def test_scanned_or_recomputed_blocks_count_the_same_parameters_and_flops():
   plain = summarize('resnet56')
   for layout in ({'scan_blocks': True}, {'remat_blocks': True}):
-    config = config_lib.default_config()
+    config = schema.default_config()
     config.model = presets.preset('resnet56')
     config.model.update(layout)
     changed = summary.summarize(config)
@@ -53,7 +54,7 @@ def test_the_table_lists_stem_stages_and_logits_in_order_with_their_parameters()
 
 
 def test_a_net_without_normalisation_is_summarised_with_its_conv_biases():
-  config = config_lib.default_config()
+  config = schema.default_config()
   config.model = presets.preset('resnet20')
   config.model.norm = 'none'
   result = summary.summarize(config)

@@ -16,8 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnet_jax import checkpoint, config as config_lib, metrics, optim, parallel, preprocessing
-from resnet_jax import presets, train
+from resnet_jax import checkpoint, errors, metrics, optim, parallel, schema, train
+from resnet_jax.data import preprocessing
+from resnet_jax.model import presets
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,7 +32,7 @@ TINY_OVERRIDES = {
 
 
 def tiny_config(**overrides):
-  config = config_lib.default_config()
+  config = schema.default_config()
   config.model = presets.preset('resnet20')
   for key, value in {**TINY_OVERRIDES, **overrides}.items():
     node = config
@@ -116,7 +117,7 @@ def test_a_train_step_lowers_the_loss_on_a_fixed_batch():
   state, step = make_step(config, mesh)
   arrays, batch = fixed_batch(mesh)
   losses = []
-  # 12 steps: the classifier starts at Torch's U(+-1/sqrt(fan_in)) (models.head_kernel_init),
+  # 12 steps: the classifier starts at Torch's U(+-1/sqrt(fan_in)) (resnet.head_kernel_init),
   # sqrt(3) narrower than Flax's default, and halves this loss at step 12 instead of 8.
   for _ in range(12):
     state, metrics = step(state, arrays, batch)
@@ -274,17 +275,17 @@ def config_flags_free_load(config_file: str, arg=None):
 
 def test_imagenet_config_decays_as_fb_resnet_torch_and_he2015_tests_on_ten_crops():
   config = config_flags_free_load('resnet_imagenet.py')
-  config_lib.validate(config)
+  schema.validate(config)
   multiplier = optim.lr_multiplier(config, steps_per_epoch=100, total_steps=9000)
   for epoch in (1, 30, 31, 60, 61, 90):  # fb.resnet.torch train.lua: 0.1^floor((epoch-1)/30)
     assert float(multiplier((epoch - 1) * 100 + 50)) == pytest.approx(0.1 ** ((epoch - 1) // 30))
   assert config.num_epochs == 90 and config.augment.train_crop == 'random_resized'
 
   he2015 = config_flags_free_load('resnet_imagenet.py', 'he2015')
-  config_lib.validate(he2015)
+  schema.validate(he2015)
   assert (he2015.augment.train_crop, tuple(he2015.augment.scale_range), he2015.augment.pca_noise,
           he2015.augment.eval_crops) == ('scale', (256, 480), 0.1, 10)
-  config_lib.validate(config_flags_free_load('resnet_imagenet.py', 'he2015,quick'))
+  schema.validate(config_flags_free_load('resnet_imagenet.py', 'he2015,quick'))
 
 
 def test_cosine_schedule_warms_up_linearly_then_decays_to_zero():
@@ -326,8 +327,8 @@ def test_evaluation_covers_the_whole_test_split_with_the_padding_masked(tmp_path
   """256 test images in batches of 96: the last batch is padded, and the padding ignored."""
   config = tiny_config(eval_batch_size=96, num_train_steps=2)
   results = train.train_and_evaluate(config, tmp_path)
-  from resnet_jax import datasets
-  dataset = datasets.load_in_memory(config.dataset, seed=config.seed)
+  from resnet_jax.data import in_memory
+  dataset = in_memory.load(config.dataset, seed=config.seed)
   mesh = parallel.data_mesh()
   state_template, _ = make_step(config, mesh)
   _, state = checkpoint.Checkpointer(tmp_path / 'checkpoints').restore_latest(
@@ -376,7 +377,7 @@ def test_a_diverging_run_saves_nothing_after_it_and_a_rerun_resumes_from_a_good_
   diverging = dict(learning_rate=0.01, lr_schedule='step', lr_boundaries_steps=(4,),
                    lr_decay_factor=1e30, log_every_steps=1, checkpoint_every_steps=2,
                    keep_checkpoints=1, num_train_steps=8)
-  with pytest.raises(train.TrainingDiverged) as error:
+  with pytest.raises(errors.TrainingDiverged) as error:
     train.train_and_evaluate(tiny_config(**diverging), tmp_path)
   message = str(error.value)
   assert 'training diverged; the last good checkpoint is step 2, where a rerun resumes' in message
@@ -397,7 +398,7 @@ def test_a_diverging_run_saves_nothing_after_it_and_a_rerun_resumes_from_a_good_
 
 
 def test_batch_size_must_split_evenly_over_the_devices(tmp_path):
-  with pytest.raises(presets.ConfigError, match='not divisible by the 8 devices'):
+  with pytest.raises(errors.ConfigError, match='not divisible by the 8 devices'):
     train.train_and_evaluate(tiny_config(batch_size=30), tmp_path)
 
 
@@ -444,7 +445,7 @@ def test_a_workdir_that_is_a_file_or_inside_one_is_a_one_line_error(tmp_path):
   a_file = tmp_path / 'results.txt'
   a_file.write_text('not a folder')
   for workdir, message in ((a_file, 'is a file'), (a_file / 'run', 'cannot create')):
-    with pytest.raises(checkpoint.WorkdirError, match=message) as error:
+    with pytest.raises(errors.WorkdirError, match=message) as error:
       train.train_and_evaluate(tiny_config(), workdir)
     assert '\n' not in str(error.value)
 
@@ -456,7 +457,7 @@ def test_an_eval_batch_that_does_not_fit_stops_before_training(tmp_path, monkeyp
           'RESOURCE_EXHAUSTED: Out of memory while trying to allocate 81920000000 bytes.')
     return run
   monkeypatch.setattr(train, 'make_eval_step', out_of_memory)
-  with pytest.raises(presets.ConfigError, match='eval_batch_size=64 does not fit in device '
+  with pytest.raises(errors.ConfigError, match='eval_batch_size=64 does not fit in device '
                      'memory .*; lower eval_batch_size'):
     train.train_and_evaluate(tiny_config(), tmp_path)
   assert not (tmp_path / 'metrics.jsonl').exists()
@@ -473,7 +474,7 @@ def test_a_full_disk_during_a_save_is_one_line_and_the_earlier_checkpoint_resume
     return real_save(self, step, *args, **kwargs)
 
   monkeypatch.setattr(checkpoint.Checkpointer, 'save', save_until_the_disk_is_full)
-  with pytest.raises(checkpoint.WorkdirError) as error:
+  with pytest.raises(errors.WorkdirError) as error:
     train.train_and_evaluate(tiny_config(), tmp_path)
   assert str(error.value).startswith('no space left on device writing ')
   assert 'free space and rerun the same command: a rerun resumes from checkpoint step 4' in \
@@ -580,9 +581,9 @@ def test_a_resume_with_another_network_is_refused_in_one_line_and_writes_nothing
 def test_without_a_record_other_parameter_shapes_are_still_one_line(tmp_path, reference_run):
   workdir = copy_of(reference_run, tmp_path / 'run', keep_steps={4})
   (workdir / 'config.json').unlink()
-  with pytest.raises(checkpoint.CheckpointMismatch, match='holds a different state') as error:
+  with pytest.raises(errors.CheckpointMismatch, match='holds a different state') as error:
     train.train_and_evaluate(tiny_config(**{'model.width': 2}), workdir)
-  assert isinstance(error.value, checkpoint.RunError) and '\n' not in str(error.value)
+  assert isinstance(error.value, errors.RunError) and '\n' not in str(error.value)
 
 
 def test_init_from_takes_a_trained_run_and_gives_it_a_new_head(tmp_path, reference_run):
@@ -677,6 +678,14 @@ def test_bad_config_values_get_a_one_line_error_and_nothing_runs(tmp_path):
       'augment.scale_range': (480, 256)}, '<= low <= high'),
     ({'augment.pca_noise': -0.1}, 'augment.pca_noise=-0.1 must be >= 0')])
 def test_bad_data_and_augment_keys_get_a_one_line_error(overrides, message):
-  with pytest.raises(presets.ConfigError) as error:
-    config_lib.validate(tiny_config(**overrides))
+  with pytest.raises(errors.ConfigError) as error:
+    schema.validate(tiny_config(**overrides))
   assert '\n' not in str(error.value) and message in str(error.value), str(error.value)
+
+
+def test_the_done_line_reports_the_final_accuracy_never_the_test_selected_best():
+  results = {'model': 'resnet20-A', 'step': 10, 'test_accuracy': 0.81, 'best_test_accuracy': 0.83,
+             'train_loss': 0.5, 'wall_s': 61.0, 'img_per_s': 500.0, 'compile_s': 2.0}
+  line = train.done_line(results, 10, 'runs/x')
+  assert 'test accuracy 81.00%' in line and '83.00%' not in line and 'best' not in line
+  assert 'val accuracy 79.00%' in train.done_line({**results, 'val_accuracy': 0.79}, 10, 'runs/x')

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from resnet_jax import data_formats
+from resnet_jax.data import formats
 
 CIFAR10_CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog',
                    'horse', 'ship', 'truck')
@@ -175,4 +175,19 @@ def cifar10_tarball(tmp_path):
 def forbid_decoding(monkeypatch):
   def fail(*args, **kwargs):
     raise AssertionError('decoded again although the cache holds this copy')
-  monkeypatch.setattr(data_formats, 'decode_tree', fail)
+  monkeypatch.setattr(formats, 'decode_tree', fail)
+
+
+def write_image_folder(root: Path, per_class: int = 8, test_per_class: int = 4,
+                       classes: int = 10) -> Path:
+  """A tiny CIFAR-shaped image-folder dataset; the data is the same for every seed."""
+  rng = np.random.default_rng(0)
+  for split, count in (('train', per_class), ('test', test_per_class)):
+    for c in range(classes):
+      folder = root / split / f'class{c}'
+      folder.mkdir(parents=True)
+      for i in range(count):
+        pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+        pixels[..., c % 3] = 40 * (c + 1) % 256  # a learnable colour cue per class
+        Image.fromarray(pixels).save(folder / f'{i}.png')
+  return root
