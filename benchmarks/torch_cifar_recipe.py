@@ -53,11 +53,11 @@ def initialise(model: nn.Module) -> None:
 
 
 def load(data: str):
-  from ml_collections import ConfigDict
-  from resnet_jax import datasets
-  dataset = datasets.load_in_memory(ConfigDict(dict(
-      name='cifar10', path=data, max_train_examples=-1, image_size=32, num_classes=-1,
-      cache_dir='', normalization='dataset', validation_examples=0)))
+  from resnet_jax import schema
+  from resnet_jax.data import in_memory
+  dataset_config = schema.default_config().dataset
+  dataset_config.name, dataset_config.path = 'cifar10', data
+  dataset = in_memory.load(dataset_config)
   mean = torch.tensor(dataset.mean).view(1, 3, 1, 1)
   std = torch.tensor(dataset.std).view(1, 3, 1, 1)
 
