@@ -43,11 +43,20 @@ def tiny_config(**overrides):
   return config
 
 
-def launch(workdir, *, devices=8, extra=(), overrides=None, env=None, **popen):
+# Execs the rest of the command line with SIGINT at its default action, as an interactive
+# shell starts a program (a shell's background job inherits SIGINT ignored).
+SIGINT_DEFAULT = ('import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); '
+                  'os.execv(sys.executable, [sys.executable, *sys.argv[1:]])')
+
+
+def launch(workdir, *, devices=8, extra=(), overrides=None, env=None, ctrl_c_reaches_python=False,
+           **popen):
   """Runs launch.py in a fresh process with `devices` simulated CPU devices."""
   flags = [f'--config.{k}={v}' for k, v in {**TINY_OVERRIDES, **(overrides or {})}.items()]
   command = [sys.executable, str(ROOT / 'launch.py'), f'--config={ROOT}/configs/resnet_cifar.py',
              f'--workdir={workdir}', *flags, *extra]
+  if ctrl_c_reaches_python:
+    command[1:1] = ['-c', SIGINT_DEFAULT]
   environment = {**os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}',
                  'JAX_PLATFORMS': 'cpu', **(env or {})}
   return subprocess.Popen(command, cwd=ROOT, env=environment, stdout=subprocess.PIPE,
@@ -427,7 +436,16 @@ def test_sigterm_during_an_evaluation_stops_it_saves_and_a_rerun_finishes(tmp_pa
   assert train.train_and_evaluate(config, tmp_path)['step'] == 12
 
 
-def test_a_first_ctrl_c_asks_to_stop_and_a_second_one_ends_the_process(monkeypatch):
+@pytest.fixture
+def ctrl_c_reaches_python():
+  """SIGINT as an interactive shell leaves it to Python. A shell's background job (`&`)
+  starts with SIGINT ignored, and the code rightly leaves an ignored SIGINT alone."""
+  previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+  yield
+  signal.signal(signal.SIGINT, previous)
+
+
+def test_a_first_ctrl_c_asks_to_stop_and_a_second_one_ends_the_process(ctrl_c_reaches_python):
   flag = train.PreemptionFlag()
   try:
     with pytest.raises(KeyboardInterrupt):  # before training: nothing to save
@@ -613,7 +631,7 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, re
 def test_a_second_process_is_refused_and_ctrl_c_saves_says_how_to_resume_and_exits(tmp_path):
   """Two processes on one workdir, then Ctrl-C, then the rerun it asks for."""
   long_run = {'num_train_steps': 100000, 'checkpoint_every_steps': 100000}
-  first = launch(tmp_path, overrides=long_run)
+  first = launch(tmp_path, overrides=long_run, ctrl_c_reaches_python=True)
   wait_for(tmp_path / 'metrics.jsonl')
   code, output = run_launch(tmp_path, overrides=long_run)
   assert code == 1 and first.poll() is None, output
