@@ -47,6 +47,18 @@ def test_cpu_variants_train_on_real_cifar_10_with_two_seeds_and_say_what_they_me
   assert ':cpu' in module.__doc__
 
 
+@pytest.mark.parametrize('name', ['degradation', 'identity', 'wrn_width', 'preact', 'shortcuts'])
+def test_cpu_training_runs_warm_up_over_their_first_150_steps(name):
+  from resnet_jax import optim
+  config = experiment(name).get_config('cpu')
+  examples = config.dataset.max_train_examples if config.dataset.max_train_examples > 0 else 50_000
+  steps_per_epoch = examples // config.batch_size
+  total = int(config.num_epochs * steps_per_epoch)
+  schedule = optim.lr_multiplier(config, steps_per_epoch, total)
+  assert float(schedule(0)) < 0.01 and float(schedule(75)) == pytest.approx(0.5, abs=0.02)
+  assert float(schedule(150)) == pytest.approx(1.0, abs=0.02)
+
+
 @pytest.mark.parametrize('name', NAMES)
 def test_quick_variants_are_cpu_sized_and_documented(name):
   module = experiment(name)
