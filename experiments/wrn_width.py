@@ -10,8 +10,9 @@ Command:   python launch.py --config=experiments/wrn_width.py --sweep \
            seeds: :seeds=3 ; with dropout 0.3: --config.model.dropout_rate=0.3 ; quick: :quick
 Sweep:     depth 16/22/28/40 x width 1/2/4/8/10 (20 nets) with the recipe of configs/wrn.py
            (200 epochs, SGD Nesterov, lr 0.1 x0.2 at 60/120/160, wd 5e-4, batch 128).
-           :cpu is WRN-16-2 (0.69M params) against WRN-40-1 (0.56M), seeds 0/1, on all
-           50,000 training images for 3 epochs with configs/resnet_cifar.py:cpu's schedule.
+           :cpu is WRN-16-2 (0.69M params) against WRN-40-1 (0.56M), seeds 0/1, 3 epochs
+           on a fixed 20,000 of the real training images with configs/resnet_cifar.py:cpu's
+           schedule (and the warm-up of experiments/common.py).
            :quick is depth 10/16 x width 1/2 on 4,096 training images for 2 epochs
            at batch 32 (256 steps).
 Expected:  CIFAR-10 test error, no dropout, median of 5 runs, mean/std preprocessing (Table 5):
@@ -38,7 +39,7 @@ from resnet_jax.sweeps import report
 # (depth, k) pairs of the :cpu variant: a wide, shallow net and a thin, deep one of
 # similar parameter count (0.69M and 0.56M).
 CPU_NETS = ((16, 2), (40, 1))
-CPU_EPOCHS = 3  # on all 50,000 training images
+CPU_EPOCHS, CPU_TRAIN_EXAMPLES = 3, 20_000  # 3 epochs of a fixed 20,000 training images
 FULL_DEPTHS = (16, 22, 28, 40)
 FULL_WIDTHS = (1, 2, 4, 8, 10)
 QUICK_DEPTHS = (10, 16)
@@ -47,7 +48,8 @@ QUICK_WIDTHS = (1, 2)
 
 def get_config(arg=None):
   from configs import wrn  # pylint: disable=g-import-not-at-top
-  return common.sized(wrn.get_config(), common.options(arg), epochs=CPU_EPOCHS)
+  return common.sized(wrn.get_config(), common.options(arg), epochs=CPU_EPOCHS,
+                      train_examples=CPU_TRAIN_EXAMPLES)
 
 
 def get_sweep(arg=None):

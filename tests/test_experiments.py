@@ -152,6 +152,9 @@ def test_identity_sweeps_the_nets_of_fig_7():
   points = experiment('identity').get_sweep()
   assert [(p['model.shortcut'], p['model.depth']) for p in points] == [
       ('none', 20), ('none', 56), ('A', 20), ('A', 56), ('A', 110)]
+  cpu_points = experiment('identity').get_sweep('cpu')
+  assert {(p['model.shortcut'], p['model.depth']) for p in cpu_points} == {
+      ('none', 20), ('none', 56), ('A', 20), ('A', 56)}
 
 
 @pytest.mark.parametrize('name', ['identity', 'gradient_flow'])
