@@ -6,9 +6,10 @@ An experiment's argument is a comma list of variant names and `key=N` numbers, e
 file's). Every experiment has three sizes:
 
 * default: the paper's setup (for a GPU);
-* `:cpu`: the smallest setting on the real CIFAR-10 at which the paper's effect was
-  measured to stand clear of the seed-to-seed spread, within 45 minutes on this project's
-  2-core CPU (the measured figures are in each docstring and the README);
+* `:cpu`: a setting on the real CIFAR-10, 2 seeds, sized to finish within 45 minutes on
+  this project's 2-core CPU. Whether the paper's effect stands clear of the seed-to-seed
+  spread there is what each run measured, stated in its docstring and the README (for some
+  claims it does not, at this budget);
 * `:quick`: the plumbing check of configs/recipes.py, minutes on a CPU; it shows nothing
   about the papers' claims.
 """
