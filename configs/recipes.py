@@ -27,6 +27,7 @@ QUICK_EPOCHS = 2
 QUICK_BATCH = 32
 QUICK_LEARNING_RATE = 0.05
 SIZES = ('quick', 'cpu')  # a run has at most one of them
+CIFAR_TRAIN_EXAMPLES = 50_000  # what :cpu trains on when train_examples is -1
 
 
 def parse(arg: str | None, variants: Sequence[str],
@@ -77,39 +78,45 @@ def quick(config) -> None:
   QUICK_BATCH with a cosine schedule from QUICK_LEARNING_RATE, no warm-up, one evaluation
   at the end (an evaluation reads the whole test split, which on a 2-core CPU costs about
   as much as an epoch of this subset), one checkpoint kept."""
-  config.dataset.max_train_examples = QUICK_TRAIN_EXAMPLES
-  config.batch_size = QUICK_BATCH
-  config.learning_rate = QUICK_LEARNING_RATE
-  config.num_train_steps = -1
-  config.num_epochs = QUICK_EPOCHS
-  config.lr_schedule = 'cosine'
-  config.lr_boundaries_steps = ()
-  config.warmup_epochs = 0.0
-  config.constant_warmup_steps = 0
-  config.log_every_steps = 16
-  config.eval_every_epochs = float(QUICK_EPOCHS)
-  config.checkpoint_every_steps = 100
+  _short_cosine_run(config, train_examples=QUICK_TRAIN_EXAMPLES, batch_size=QUICK_BATCH,
+                    learning_rate=QUICK_LEARNING_RATE, epochs=QUICK_EPOCHS, evaluations=1,
+                    log_every_steps=16, checkpoint_every_steps=100)
   config.keep_checkpoints = 1
 
 
-def cpu(config, *, epochs: float, train_examples: int = -1, evaluations: int = 4) -> None:
+def cpu(config, *, epochs: float, train_examples: int = -1, evaluations: int = 4,
+        warmup_steps: int = 0) -> None:
   """The :cpu size: `epochs` of cosine-decayed SGD with Nesterov momentum 0.9, lr 0.1,
-  weight decay 5e-4, batch 128, no warm-up, on `train_examples` real training images (all
-  by default), with `evaluations` evaluations of the whole test split along the way.
+  weight decay 5e-4, batch 128, on `train_examples` real CIFAR training images (all by
+  default), with `evaluations` evaluations of the whole test split along the way and a
+  linear warm-up over the first `warmup_steps` steps (none by default).
   Short schedules reach more of their accuracy with cosine decay and the heavier weight
   decay of Zagoruyko & Komodakis than with He et al.'s steps at 1e-4."""
-  config.dataset.max_train_examples = train_examples
-  config.batch_size = 128
-  config.learning_rate = 0.1
   config.momentum = 0.9
   config.nesterov = True
   config.weight_decay = 5e-4
+  _short_cosine_run(config, train_examples=train_examples, batch_size=128, learning_rate=0.1,
+                    epochs=epochs, evaluations=evaluations, log_every_steps=50,
+                    checkpoint_every_steps=500)
+  examples = train_examples if train_examples > 0 else CIFAR_TRAIN_EXAMPLES
+  config.warmup_epochs = warmup_steps * config.batch_size / examples
+
+
+def _short_cosine_run(config, *, train_examples: int, batch_size: int, learning_rate: float,
+                      epochs: float, evaluations: int, log_every_steps: int,
+                      checkpoint_every_steps: int) -> None:
+  """What :quick and :cpu share: `epochs` on `train_examples` images (-1: all), the lr
+  cosine-decayed from `learning_rate`, no step drops and no warm-up, `evaluations`
+  evaluations spread over the run."""
+  config.dataset.max_train_examples = train_examples
+  config.batch_size = batch_size
+  config.learning_rate = learning_rate
   config.num_train_steps = -1
   config.num_epochs = epochs
   config.lr_schedule = 'cosine'
   config.lr_boundaries_steps = ()
-  config.constant_warmup_steps = 0
   config.warmup_epochs = 0.0
+  config.constant_warmup_steps = 0
+  config.log_every_steps = log_every_steps
   config.eval_every_epochs = epochs / evaluations
-  config.log_every_steps = 50
-  config.checkpoint_every_steps = 500
+  config.checkpoint_every_steps = checkpoint_every_steps

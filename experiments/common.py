@@ -34,7 +34,6 @@ CPU_SEEDS = 2  # the :cpu variants show the seed-to-seed spread
 # ended at 81% training error, a collapse rather than a result. He et al. 2015 (Sec. 4.2)
 # warm up ResNet-110 for the same reason ("0.1 is slightly too large to start converging").
 CPU_WARMUP_STEPS = 150
-CIFAR_TRAIN_EXAMPLES = 50_000
 
 
 def options(arg: str | None, numbers: Sequence[str] = ('seeds',)) -> dict[str, Any]:
@@ -49,10 +48,7 @@ def sized(config, options: dict[str, Any], **cpu):
   if options['quick']:
     recipes.quick(config)
   if options['cpu']:
-    recipes.cpu(config, **cpu)
-    examples = config.dataset.max_train_examples
-    examples = examples if examples > 0 else CIFAR_TRAIN_EXAMPLES
-    config.warmup_epochs = CPU_WARMUP_STEPS * config.batch_size / examples
+    recipes.cpu(config, warmup_steps=CPU_WARMUP_STEPS, **cpu)
     config.keep_checkpoints = 1  # a sweep keeps one checkpoint per point
   return config
 
